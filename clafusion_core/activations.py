@@ -1,0 +1,79 @@
+"""Probe-batch activations through forward hooks.
+
+One forward pass of the probe batch records the output of every module a :class:`~.layers.Probe`
+names; each probe then turns that output into a ``[samples, features]`` matrix. Conv maps are either
+averaged over space (``conv="pool"``, one feature per channel: the default, cheap and
+shift-invariant) or flattened (``conv="flatten"``, C·H·W features).
+
+Both the cost matrix and the activation-based ground metric use these matrices, so they are computed
+once per (model, probe batch) and reused (the app caches them; switching the cost metric never
+recomputes them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import ModelView, Probe, model_view
+
+CONV_MODES = ("pool", "flatten")
+
+
+def _as_matrix(output: torch.Tensor, conv: str) -> torch.Tensor:
+    if output.dim() == 4:
+        return output.mean(dim=(2, 3)) if conv == "pool" else output.flatten(1)
+    return output.flatten(1)
+
+
+@torch.no_grad()
+def record_outputs(model: nn.Module, inputs: torch.Tensor, modules: set[str], batch_size: int = 1024) -> dict[str, torch.Tensor]:
+    """Run ``inputs`` through ``model`` (eval mode) and return the outputs of the named modules."""
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+    handles = [model.get_submodule(name).register_forward_hook(
+        lambda _m, _i, out, name=name: outputs[name].append(out.detach().clone()))
+        for name in modules]
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(inputs), batch_size):
+            model(inputs[start:start + batch_size])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return {name: torch.cat(chunks) for name, chunks in outputs.items()}
+
+
+def probe_matrix(outputs: dict[str, torch.Tensor], probe: Probe, *, pre: bool = False, conv: str = "pool") -> torch.Tensor:
+    """The ``[samples, features]`` activation of one probe; ``pre`` skips the ReLU where one exists."""
+    out = outputs[probe.module]
+    if probe.relu and not (pre and probe.pre_relu):
+        out = torch.relu(out)
+    return _as_matrix(out, conv)
+
+
+def unit_activations(model: nn.Module, inputs: torch.Tensor, *, pre: bool = False, conv: str = "pool",
+                     view: ModelView | None = None) -> list[list[torch.Tensor]]:
+    """Activations of every alignable unit, per stage: ``acts[stage][unit]`` is ``[samples, features]``."""
+    view = view or model_view(model)
+    outputs = record_outputs(model, inputs, {u.probe.module for u in view.units})
+    return [[probe_matrix(outputs, u.probe, pre=pre, conv=conv) for u in stage] for stage in view.stages]
+
+
+def group_activations(model: nn.Module, inputs: torch.Tensor, view: ModelView | None = None) -> dict[str, torch.Tensor]:
+    """Post-activations of every transport group, ``[samples, neurons]`` (conv channels pooled).
+
+    A residual stream is seen at several places (after the stem and after each block): their samples
+    are stacked, so the stream's neurons are compared on all of them.
+    """
+    view = view or model_view(model)
+    outputs = record_outputs(model, inputs, {p.module for probes in view.groups.values() for p in probes})
+    return {group: torch.cat([probe_matrix(outputs, p) for p in probes])
+            for group, probes in view.groups.items() if probes}
+
+
+def layer_pre_activations(model: nn.Module, inputs: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
+    """Outputs of the named weight layers (before any BatchNorm/ReLU), conv channels pooled."""
+    outputs = record_outputs(model, inputs, set(layer_names))
+    return {name: _as_matrix(out, "pool") for name, out in outputs.items()}

@@ -1,0 +1,30 @@
+"""The baselines every fusion is compared with: vanilla averaging and the output ensemble."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from .train import accuracy_of_logits, predict_logits
+
+
+@torch.no_grad()
+def vanilla_average(model_a: nn.Module, model_b: nn.Module, weight_b: float = 0.5) -> nn.Module | None:
+    """Parameter-wise ``(1 − s)·θ_A + s·θ_B`` without any alignment; None unless the shapes are identical."""
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
+    if str(model_a.spec) != str(model_b.spec) or any(state_a[k].shape != state_b[k].shape for k in state_b):
+        return None
+    averaged = copy.deepcopy(model_b)
+    averaged.load_state_dict({k: (1 - weight_b) * state_a[k] + weight_b * v if v.is_floating_point() else v
+                              for k, v in state_b.items()})
+    return averaged
+
+
+def ensemble_accuracy(models: list[nn.Module], dataset: TensorDataset, device: torch.device | str = "cpu") -> float:
+    """Accuracy of the mean of the models' softmax outputs (costs the sum of their sizes)."""
+    inputs, labels = dataset.tensors
+    probabilities = sum(torch.softmax(predict_logits(m, inputs, device), 1) for m in models) / len(models)
+    return accuracy_of_logits(probabilities, labels)

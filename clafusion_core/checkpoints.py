@@ -1,0 +1,556 @@
+"""Checkpoints: safetensors export with metadata, safe ``.pt`` loading, and arch inference from keys.
+
+The app and the CLI export ``.safetensors`` files whose metadata names the arch spec, dataset, class
+count and input shape, so a file rebuilds its model on its own. Other people's ``.pt``/``.pth``
+state_dicts load too: ``torch.load(..., weights_only=True)`` never runs pickled code, and
+:func:`infer_arch` reads the architecture from the key names and weight shapes of the layouts people in
+this field actually have (ours, torchvision's ResNet/VGG, ``nn.Sequential`` MLPs and the reference
+OTFusion/CLAFusion ``fc1``/``fc2``/... MLPs). Every problem a user can cause — a corrupt, pickled,
+too-large, NaN or mismatched file — is a :class:`~.errors.CheckpointError` (or an
+:class:`~.errors.ArchError` for an unknown layout) whose message says what to do.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pickle
+import re
+import struct
+from dataclasses import dataclass, field
+
+import safetensors.torch
+import torch
+from torch import nn
+from torchvision.models.vgg import cfgs as TORCHVISION_VGG_CFGS
+
+from .errors import ArchError, CheckpointError
+from .models import TV_CLASSIFIER, VGG_NAMES, ArchSpec, build_model, parse_arch, vgg_stages
+
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+FORMAT = "clafusion-explorer/1"
+WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
+RESERVED_METADATA = ("format", "arch", "dataset", "num_classes", "input_shape")
+TV_HEAD_POOL = 7 * 7
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint said about itself (or what was inferred from it), for display and reuse.
+
+    ``dataset`` is the dataset the file names in its metadata (None when it does not say);
+    ``source`` is ``"safetensors"`` or ``"pt"``; ``extra`` holds the file's other metadata as strings
+    (for a ``.pt`` dict, its plain scalar entries such as ``epoch`` or ``test_accuracy``).
+    """
+
+    arch: str
+    dataset: str | None
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    source: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ saving
+
+def _metadata(model: nn.Module, dataset: str, extra: dict[str, str] | None) -> dict[str, str]:
+    """The metadata strings that let a file rebuild its model without any other input."""
+    clash = sorted(set(extra or {}) & set(RESERVED_METADATA))
+    if clash:
+        raise ValueError(f"extra metadata may not override the reserved keys {clash}")
+    meta = {k: str(v) for k, v in (extra or {}).items()}
+    meta.update(format=FORMAT, arch=str(model.spec), dataset=str(dataset), num_classes=str(int(model.num_classes)),
+                input_shape=",".join(str(int(v)) for v in model.input_shape))
+    return meta
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU, contiguous copies of the state_dict (safetensors refuses views of shared storage)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def checkpoint_bytes(model: nn.Module, *, dataset: str, extra: dict[str, str] | None = None) -> bytes:
+    """The model as ``.safetensors`` bytes with our metadata (what ``st.download_button`` serves)."""
+    return safetensors.torch.save(_tensors(model), metadata=_metadata(model, dataset, extra))
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, dataset: str,
+                    extra: dict[str, str] | None = None) -> None:
+    """Write the model to ``path`` as ``.safetensors`` with our metadata (same bytes as :func:`checkpoint_bytes`)."""
+    data = checkpoint_bytes(model, dataset=dataset, extra=extra)
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+def _read_source(source: str | os.PathLike | bytes, name: str) -> tuple[bytes, str]:
+    """The file's bytes and the name to use in messages (a path's file name unless one was given).
+
+    Only in-memory bytes (uploads) are held to :data:`MAX_UPLOAD_BYTES`, like Streamlit's own upload
+    limit; local files given to the CLI may be as large as the machine allows.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise CheckpointError(f"{name} is {len(data) / 2**20:.1f} MB, over the {MAX_UPLOAD_BYTES / 2**20:.0f} MB "
+                                  "upload limit; upload a smaller checkpoint or load it from a local path with the CLI.")
+        return data, name
+    path = os.fspath(source)
+    if name == "checkpoint":
+        name = os.path.basename(path) or path
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(), name
+    except FileNotFoundError:
+        raise CheckpointError(f"{name} does not exist; check the path to the checkpoint file.") from None
+    except OSError as exc:
+        raise CheckpointError(f"{name} cannot be read ({exc.strerror}); check the path and its permissions.") from None
+
+
+def _corrupt(name: str) -> CheckpointError:
+    return CheckpointError(f"{name} is not a readable safetensors or PyTorch checkpoint (it may be truncated); "
+                           "export it again.")
+
+
+def _safetensors_header(data: bytes) -> dict | None:
+    """The parsed JSON header if ``data`` is laid out as safetensors (8-byte length + JSON), else None."""
+    if len(data) < 10:
+        return None
+    (size,) = struct.unpack("<Q", data[:8])
+    if size > len(data) - 8 or data[8:9] != b"{":
+        return None
+    try:
+        header = json.loads(data[8:8 + size])
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _read_safetensors(data: bytes, header: dict, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception:  # safetensors raises its own SafetensorError for every kind of damage
+        raise _corrupt(name) from None
+    meta = header.get("__metadata__") or {}
+    return dict(tensors), {str(k): str(v) for k, v in meta.items()}
+
+
+def _read_torch(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A ``torch.save`` file read with ``weights_only=True``: tensors and plain containers only."""
+    if not data:
+        raise _corrupt(name)
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" in str(exc).lower():  # a class or function reference, e.g. a whole nn.Module
+            raise CheckpointError(f"{name} holds pickled Python objects (such as a whole model), which are never "
+                                  "loaded because they can run code; save model.state_dict() instead.") from None
+        raise _corrupt(name) from None
+    except Exception:
+        raise _corrupt(name) from None
+    return _unwrap(obj, name)
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _unwrap(obj: object, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state_dict inside a loaded object, plus the wrapper's plain scalar entries as metadata.
+
+    Training scripts often save ``{"model_state_dict": sd, "epoch": 10, ...}``; the other entries are
+    kept as informational strings and never used to build the model.
+    """
+    if _is_state_dict(obj):
+        return dict(obj), {}
+    if isinstance(obj, dict):
+        for key in WRAPPER_KEYS:
+            if _is_state_dict(obj.get(key)):
+                extra = {str(k): str(v) for k, v in obj.items()
+                         if k != key and isinstance(v, (str, int, float, bool))}
+                return dict(obj[key]), extra
+    raise CheckpointError(f"{name} holds no state_dict of tensors (nor one under {', '.join(WRAPPER_KEYS)}); "
+                          "save model.state_dict() instead.")
+
+
+def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` prefix that ``nn.DataParallel``/DDP add to every key."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _check_finite(state_dict: dict[str, torch.Tensor], name: str) -> None:
+    """Refuse NaN/inf weights; a finite sum proves a tensor finite, so the exact check runs rarely."""
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not torch.isfinite(value.sum()) and not torch.isfinite(value).all():
+            raise CheckpointError(f"{name} contains NaN or infinite weights (first in {key}); "
+                                  "retrain or export it again.")
+
+
+# ----------------------------------------------------------------------------------- arch inference
+
+def _unknown_layout(detail: str = "") -> ArchError:
+    return ArchError("The checkpoint's architecture cannot be told from its keys" + detail +
+                     "; pass --arch (or choose the architecture in the app), e.g. --arch resnet18 or mlp:400-200-100.")
+
+
+def _indexed(keys: list[str], pattern: str) -> list[int]:
+    """Sorted distinct integers captured by ``pattern``'s first group over ``keys``."""
+    regex = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in keys if (m := regex.fullmatch(k))})
+
+
+def _prefix_renames(keys: list[str], prefixes: dict[str, str]) -> dict[str, str]:
+    """Key renames that replace each old module prefix (``"fc1."``) by a new one (``"hidden.0."``)."""
+    renames = {}
+    for key in keys:
+        for old, new in prefixes.items():
+            if key.startswith(old) and old != new:
+                renames[key] = new + key[len(old):]
+                break
+    return renames
+
+
+def _linear_chain(shapes: dict[str, torch.Size], names: list[str]) -> tuple[tuple[int, ...], bool]:
+    """Hidden widths and bias flag of Linear layers ``names`` (last = head) chained in that order."""
+    for prev, nxt in zip(names, names[1:]):
+        if shapes[f"{nxt}.weight"][1] != shapes[f"{prev}.weight"][0]:
+            raise _unknown_layout(f" ({nxt} does not take {prev}'s {shapes[f'{prev}.weight'][0]} outputs)")
+    widths = tuple(int(shapes[f"{n}.weight"][0]) for n in names[:-1])
+    return widths, f"{names[-1]}.bias" in shapes
+
+
+def _mlp(shapes: dict[str, torch.Size], names: list[str]) -> tuple[str, dict[str, str]]:
+    """Our MLP spec and the renames from Linear layers ``names`` (last = head) to our layout."""
+    if len(names) < 2 or any(len(shapes.get(f"{n}.weight", ())) != 2 for n in names):
+        raise _unknown_layout(" (an MLP needs at least one hidden Linear layer and a head)")
+    widths, bias = _linear_chain(shapes, names)
+    ours = {f"{n}.": f"hidden.{i}." for i, n in enumerate(names[:-1])} | {f"{names[-1]}.": "head."}
+    return str(ArchSpec("mlp", widths, bias=bias)), _prefix_renames(list(shapes), ours)
+
+
+def _infer_our_mlp(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
+    hidden = _indexed(list(shapes), r"hidden\.(\d+)\.weight")
+    return _mlp(shapes, [f"hidden.{i}" for i in hidden] + ["head"])
+
+
+def _infer_sequential_mlp(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
+    """``nn.Sequential(Linear, ReLU, Linear, ...)``, possibly after a leading ``nn.Flatten`` (index 0).
+
+    Index gaps hold the parameter-free layers; they are assumed to be ReLUs, so two Linears with
+    adjacent indices (no activation between them) are refused.
+    """
+    indices = _indexed(list(shapes), r"(\d+)\.weight")
+    if any(b - a < 2 for a, b in zip(indices, indices[1:])):
+        raise _unknown_layout(" (two Linear layers follow each other without an activation)")
+    return _mlp(shapes, [str(i) for i in indices])
+
+
+def _infer_fc_mlp(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
+    """The reference OTFusion/CLAFusion ``MlpNetBase``: ``fc1``, ``fc2``, ... (usually bias-free)."""
+    numbers = _indexed(list(shapes), r"fc(\d+)\.weight")
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise _unknown_layout(" (fc layers are not numbered fc1, fc2, ...)")
+    return _mlp(shapes, [f"fc{i}" for i in numbers])
+
+
+def _infer_resnet(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
+    """torchvision's ResNet keys (ours are identical); the common CIFAR ``shortcut``/``linear`` names map too."""
+    keys = list(shapes)
+    if any(re.fullmatch(r"layer\d+\.\d+\.conv3\.weight", k) for k in keys):
+        raise ArchError("The checkpoint is a Bottleneck ResNet (resnet50 and deeper), but only BasicBlock ResNets "
+                        "are supported; use a resnet18/resnet34-style checkpoint.")
+    stages = _indexed(keys, r"layer(\d+)\.\d+\.conv1\.weight")
+    if stages != [1, 2, 3, 4]:
+        raise ArchError(f"The checkpoint is a ResNet with stages {stages}, but exactly 4 stages of BasicBlocks are "
+                        "supported; use a resnet18/resnet34-style checkpoint.")
+    blocks = tuple(len(_indexed(keys, rf"layer{s}\.(\d+)\.conv1\.weight")) for s in stages)
+    widths = tuple(int(shapes[f"layer{s}.0.conv1.weight"][0]) for s in stages)
+    spec = ArchSpec("resnet", blocks, widths=widths, tvstem=shapes["conv1.weight"][-1] == 7)
+    renames = {k: k.replace(".shortcut.", ".downsample.") for k in keys if ".shortcut." in k}
+    renames |= _prefix_renames(keys, {"linear.": "fc."})
+    return str(spec), renames
+
+
+def _our_vgg_trailing_pool(cfg: list) -> bool:
+    """Whether to assume a final max-pool, which leaves no key in our layout.
+
+    Assumed for cfgs whose stages are those of a named VGG (vgg11...vgg19, any width), since every
+    named cfg ends with a pool; custom cfgs are taken to end without one. Our own exports carry the
+    exact spec in their metadata, so this guess only matters for bare ``torch.save`` state_dicts.
+    """
+    stages = [len(s) for s in vgg_stages(tuple(cfg))]
+    named = [[len(s) for s in vgg_stages(tuple(TORCHVISION_VGG_CFGS[c][:-1]))] for c in VGG_NAMES.values()]
+    return stages in named
+
+
+def _vgg_head(shapes: dict[str, torch.Size], linears: list[str], channels: int) -> tuple[tuple[int, ...], bool]:
+    """Classifier hidden widths and whether it is torchvision's 7×7-pool 4096-4096 head."""
+    widths, _ = _linear_chain(shapes, linears)
+    tvhead = widths == (4096, 4096) and shapes[f"{linears[0]}.weight"][1] == channels * TV_HEAD_POOL
+    return widths, tvhead
+
+
+def _vgg_spec(cfg: list, classifier: tuple[int, ...], bn: bool, tvhead: bool) -> str:
+    head = TV_CLASSIFIER if tvhead else classifier
+    return str(ArchSpec("vgg", tuple(cfg), classifier=head, bn=bn, tvhead=tvhead))
+
+
+def _infer_our_vgg(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
+    keys = list(shapes)
+    convs = _indexed(keys, r"features\.(\d+)\.conv\.weight")
+    cfg: list = ["M"] * convs[0]
+    for prev, idx in zip([None] + convs, convs):
+        cfg += ["M"] * (0 if prev is None else idx - prev - 1) + [int(shapes[f"features.{idx}.conv.weight"][0])]
+    linears = [f"classifier.{i}.linear" for i in _indexed(keys, r"classifier\.(\d+)\.linear\.weight")] + ["head"]
+    classifier, tvhead = _vgg_head(shapes, linears, cfg[-1])
+    if _our_vgg_trailing_pool(cfg):
+        cfg.append("M")
+    bn = any(k.startswith(f"features.{convs[0]}.bn.") for k in keys)
+    return _vgg_spec(cfg, classifier, bn, tvhead), {}
+
+
+def _torchvision_features(shapes: dict[str, torch.Size], convs: list[int], bn: bool) -> tuple[list, dict[str, str]]:
+    """Our cfg and renames from torchvision's ``features`` indices (Conv, [BN], ReLU per conv; MaxPool per M).
+
+    A gap in the indices beyond the conv's own modules is a max-pool. The last pool leaves no key;
+    every torchvision cfg (and the common CIFAR VGGs built from them) ends with one, so it is assumed.
+    """
+    per_conv = 3 if bn else 2
+    cfg: list = ["M"] * convs[0]
+    prefixes: dict[str, str] = {}
+    for prev, idx in zip([None] + convs, convs):
+        pools = 0 if prev is None else idx - prev - per_conv
+        if pools < 0:
+            raise _unknown_layout(f" (features.{prev} and features.{idx} are too close for Conv, BatchNorm, ReLU)")
+        cfg += ["M"] * pools
+        ours = len(cfg)
+        cfg.append(int(shapes[f"features.{idx}.weight"][0]))
+        prefixes[f"features.{idx}."] = f"features.{ours}.conv."
+        if bn:
+            prefixes[f"features.{idx + 1}."] = f"features.{ours}.bn."
+    return cfg + ["M"], _prefix_renames(list(shapes), prefixes)
+
+
+def _infer_torchvision_vgg(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
+    """torchvision's ``VGG``/``make_layers`` (and the CIFAR VGGs with a single ``classifier`` Linear)."""
+    keys = list(shapes)
+    convs = [i for i in _indexed(keys, r"features\.(\d+)\.weight") if len(shapes[f"features.{i}.weight"]) == 4]
+    with_bn = [f"features.{i + 1}.running_mean" in shapes for i in convs]
+    if len(set(with_bn)) != 1:
+        raise _unknown_layout(" (only some convs have BatchNorm)")
+    cfg, renames = _torchvision_features(shapes, convs, with_bn[0])
+    if "classifier.weight" in shapes:
+        linears = ["classifier"]
+    else:
+        linears = [f"classifier.{i}" for i in _indexed(keys, r"classifier\.(\d+)\.weight")]
+    if not linears:
+        raise _unknown_layout(" (a VGG needs a classifier)")
+    classifier, tvhead = _vgg_head(shapes, linears, cfg[-2])
+    ours = {f"{n}.": f"classifier.{i}.linear." for i, n in enumerate(linears[:-1])} | {f"{linears[-1]}.": "head."}
+    return _vgg_spec(cfg, classifier, with_bn[0], tvhead), renames | _prefix_renames(keys, ours)
+
+
+def infer_arch(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, str]]:
+    """The canonical arch spec of a state_dict and the key renames that map it onto our layout.
+
+    Keys not in the renames keep their name. Each supported layout is recognised by a signature key:
+    ours (``hidden.0``/``features.N.conv``/``layer1.0.conv1``), torchvision's VGG (``features.N.weight``),
+    ``nn.Sequential`` MLPs (``0.weight`` or ``1.weight``) and ``fc1.weight`` MLPs. Widths come from the
+    weight shapes. A ``module.`` prefix on every key is renamed away too.
+    """
+    stripped = _strip_prefix(state_dict)
+    prefix = {k: s for k, s in zip(state_dict, stripped)} if stripped is not state_dict else {}
+    shapes = {k: v.shape for k, v in stripped.items()}
+    keys = list(shapes)
+    if "hidden.0.weight" in shapes and "head.weight" in shapes:
+        spec, renames = _infer_our_mlp(shapes)
+    elif any(re.fullmatch(r"features\.\d+\.conv\.weight", k) for k in keys):
+        spec, renames = _infer_our_vgg(shapes)
+    elif "conv1.weight" in shapes and any(k.startswith("layer1.") for k in keys):
+        spec, renames = _infer_resnet(shapes)
+    elif any(re.fullmatch(r"features\.\d+\.weight", k) and len(shapes[k]) == 4 for k in keys):
+        spec, renames = _infer_torchvision_vgg(shapes)
+    elif keys and all(re.fullmatch(r"\d+\.(weight|bias)", k) for k in keys):
+        spec, renames = _infer_sequential_mlp(shapes)
+    elif "fc1.weight" in shapes and all(re.fullmatch(r"fc\d+\.(weight|bias)", k) for k in keys):
+        spec, renames = _infer_fc_mlp(shapes)
+    else:
+        raise _unknown_layout(f" (first key {keys[0]!r})" if keys else " (it has no keys)")
+    return spec, {old: renames.get(new, new) for old, new in prefix.items()} if prefix else renames
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+def _fold_conv_bias(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fold a conv bias that feeds a BatchNorm into the BN's running mean (our BN convs have no bias).
+
+    ``BN(conv(x) + b)`` equals ``BN'(conv(x))`` with ``running_mean' = running_mean - b``; in training
+    mode the batch mean absorbs ``b`` anyway, so dropping it loses nothing (torchvision's ``vgg*_bn``).
+    """
+    out = dict(state_dict)
+    for key in [k for k in state_dict if k.endswith(".conv.bias")]:
+        mean_key = key[: -len("conv.bias")] + "bn.running_mean"
+        if mean_key in out:
+            out[mean_key] = out[mean_key] - out.pop(key).to(out[mean_key].dtype)
+    return out
+
+
+def _first_layer_inputs(spec: ArchSpec, state_dict: dict[str, torch.Tensor]) -> int | None:
+    """The first layer's input size: MLP in_features, CNN in_channels (None if the key is missing)."""
+    if spec.family == "mlp":
+        key = "hidden.0.weight"
+    elif spec.family == "resnet":
+        key = "conv1.weight"
+    else:
+        convs = _indexed(list(state_dict), r"features\.(\d+)\.conv\.weight")
+        key = f"features.{convs[0]}.conv.weight" if convs else ""
+    return int(state_dict[key].shape[1]) if key in state_dict else None
+
+
+def _head_outputs(spec: ArchSpec, state_dict: dict[str, torch.Tensor]) -> int | None:
+    key = "fc.weight" if spec.family == "resnet" else "head.weight"
+    return int(state_dict[key].shape[0]) if key in state_dict else None
+
+
+def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
+    try:
+        shape = tuple(int(v) for v in text.split(","))  # type: ignore[union-attr]
+    except (AttributeError, ValueError):
+        return None
+    return shape if len(shape) == 3 else None  # type: ignore[return-value]
+
+
+def _guess_input_shape(spec: ArchSpec, inputs: int | None, name: str) -> tuple[int, int, int]:
+    """An MLP's input from its in_features when square (1×s×s); CNN files do not say their image size."""
+    side = math.isqrt(inputs) if spec.family == "mlp" and inputs else 0
+    if side and side * side == inputs:
+        return (1, side, side)
+    if spec.family == "mlp":
+        raise CheckpointError(f"{name} takes {inputs} input values, which is not a square grayscale image; "
+                              "choose the dataset it was trained on.")
+    raise CheckpointError(f"{name} does not record the image size it was trained on; choose the dataset it was "
+                          "trained on.")
+
+
+def _check_shapes(spec: ArchSpec, state_dict: dict[str, torch.Tensor], input_shape: tuple[int, int, int],
+                  num_classes: int, dataset: str, name: str) -> None:
+    """Refuse a checkpoint whose first layer or head does not fit the chosen dataset."""
+    fix = f"load a checkpoint trained on {dataset} or choose the matching dataset."
+    outputs = _head_outputs(spec, state_dict)
+    if outputs is not None and outputs != num_classes:
+        raise CheckpointError(f"{name} predicts {outputs} classes but {dataset} has {num_classes}; {fix}")
+    inputs = _first_layer_inputs(spec, state_dict)
+    c, h, w = input_shape
+    if spec.family == "mlp" and inputs is not None and inputs != c * h * w:
+        raise CheckpointError(f"{name} takes {inputs} input values but {dataset} images are {c}×{h}×{w} = "
+                              f"{c * h * w}; {fix}")
+    if spec.family != "mlp" and inputs is not None and inputs != c:
+        raise CheckpointError(f"{name} takes {inputs}-channel images but {dataset} images have {c} channels; {fix}")
+
+
+def _check_fits(model: nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
+    """Name the first missing, unexpected or mis-shaped key (clearer than load_state_dict's list)."""
+    expected = model.state_dict()
+    fix = "pass the right --arch / choose the right architecture."
+    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing:
+        raise CheckpointError(f"{name} does not fit {model.spec}: it lacks {missing[0]!r}; {fix}")
+    if unexpected:
+        raise CheckpointError(f"{name} does not fit {model.spec}: it has an unexpected {unexpected[0]!r}; {fix}")
+    for key, value in state_dict.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(f"{name} does not fit {model.spec}: {key!r} has shape {tuple(value.shape)}, "
+                                  f"expected {tuple(expected[key].shape)}; {fix}")
+
+
+def _build_loaded(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int,
+                  state_dict: dict[str, torch.Tensor], name: str) -> nn.Module:
+    """Build the model on the meta device and adopt the checkpoint's tensors (no wasted random init).
+
+    Falls back to an ordinary build if any tensor were left on the meta device.
+    """
+    tensors = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state_dict.items()}
+    with torch.device("meta"):
+        model = build_model(spec, input_shape, num_classes)
+    _check_fits(model, tensors, name)
+    model.load_state_dict(dict(tensors), strict=True, assign=True)
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        model = build_model(spec, input_shape, num_classes)
+        model.load_state_dict(tensors, strict=True)
+    return model.float().eval()
+
+
+def _read(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
+    """State_dict, metadata and source kind of a file's bytes (safetensors tried first)."""
+    header = _safetensors_header(data)
+    if header is not None:
+        state_dict, meta = _read_safetensors(data, header, name)
+        return state_dict, meta, "safetensors"
+    state_dict, extra = _read_torch(data, name)
+    return state_dict, extra, "pt"
+
+
+def _resolve_arch(arch: str | None, meta: dict[str, str],
+                  state_dict: dict[str, torch.Tensor]) -> tuple[ArchSpec, dict[str, str]]:
+    """The spec (caller's, else the file's metadata, else inferred) and the renames to our layout."""
+    try:
+        inferred, renames = infer_arch(state_dict)
+    except ArchError:
+        if arch is None and "arch" not in meta:
+            raise
+        inferred, renames = None, {}
+    return parse_arch(arch or meta.get("arch") or inferred), renames  # type: ignore[arg-type]
+
+
+def _dataset_defaults(dataset: str | None) -> tuple[tuple[int, int, int] | None, int | None]:
+    """Input shape and classes of a named dataset (imported lazily: data.py pulls in the data stack)."""
+    if dataset is None:
+        return None, None
+    from .data import dataset_info
+
+    info = dataset_info(dataset)
+    return info.input_shape, info.num_classes
+
+
+def load_checkpoint(source: str | os.PathLike | bytes, *, arch: str | None = None,
+                    input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
+                    dataset: str | None = None, name: str = "checkpoint") -> tuple[nn.Module, CheckpointInfo]:
+    """Load a ``.safetensors``/``.pt``/``.pth`` checkpoint into a model of ours, validated against the dataset.
+
+    The arch is the caller's, else the file's metadata, else inferred from the keys. ``input_shape``,
+    ``num_classes`` and ``dataset`` are what the user chose; they default to the named dataset's, then
+    to the file's metadata, then to what the weights say, and the weights must fit them. The model comes
+    back in eval mode, float32, on the CPU, carrying ``spec``, ``input_shape`` and ``num_classes``.
+    """
+    data, name = _read_source(source, name)
+    state_dict, strings, kind = _read(data, name)
+    meta = strings if kind == "safetensors" else {}  # a .pt wrapper's entries are informational only
+    state_dict = _strip_prefix(state_dict)
+    _check_finite(state_dict, name)
+    try:
+        spec, renames = _resolve_arch(arch, meta, state_dict)
+    except ArchError as exc:
+        raise ArchError(str(exc).replace("The checkpoint", name, 1)) from None
+    state_dict = _fold_conv_bias({renames.get(k, k): v for k, v in state_dict.items()})
+
+    needs_dataset = input_shape is None or num_classes is None
+    ds_shape, ds_classes = _dataset_defaults(dataset if needs_dataset else None)
+    shape = input_shape or ds_shape or _parse_shape(meta.get("input_shape")) \
+        or _guess_input_shape(spec, _first_layer_inputs(spec, state_dict), name)
+    classes = num_classes or ds_classes or (int(meta["num_classes"]) if meta.get("num_classes", "").isdigit() else None) \
+        or _head_outputs(spec, state_dict)
+    if classes is None:
+        raise CheckpointError(f"{name} has no classifier head to count classes from; pass --arch for its layout.")
+    _check_shapes(spec, state_dict, tuple(shape), classes, dataset or meta.get("dataset") or "the dataset", name)
+
+    model = _build_loaded(spec, tuple(shape), classes, state_dict, name)
+    extra = {k: v for k, v in strings.items() if k not in RESERVED_METADATA or kind == "pt"}
+    info = CheckpointInfo(arch=str(spec), dataset=meta.get("dataset"), num_classes=classes,
+                          input_shape=tuple(shape), source=kind, extra=extra)  # type: ignore[arg-type]
+    return model, info

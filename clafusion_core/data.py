@@ -1,0 +1,654 @@
+"""Datasets: the embedded default and local copies in torchvision's layout.
+
+Every fusion experiment needs the same three things from a dataset: a training split (to train and
+finetune, and to recompute BatchNorm statistics), a held-out validation split (to draw the probe batch
+whose activations drive the cost matrix and the activation-based ground metric, and to select
+finetuning epochs without peeking at the test set) and the official test split (to report accuracy).
+:func:`load_dataset` returns exactly these as :class:`torch.utils.data.TensorDataset` objects of
+normalised float32 images ``[N, C, H, W]`` and int64 labels ``[N]``.
+
+Supported datasets (:data:`DATASETS`):
+
+- ``digits`` -- scikit-learn's bundled 8x8 handwritten digits (1797 images). It ships with
+  scikit-learn, so it is the default that works everywhere without any files.
+- ``mnist``, ``fashion-mnist`` -- the four IDX files (plain or ``.gz``) either flat in a folder or in
+  torchvision's ``<root>/MNIST/raw`` / ``<root>/FashionMNIST/raw``. Fashion-MNIST is also found in the
+  folder of Debian's ``dataset-fashion-mnist`` package (:data:`DEBIAN_FASHION_MNIST_DIR`).
+- ``cifar10``, ``cifar100`` -- the "python version" batches in torchvision's layout
+  (``<root>/cifar-10-batches-py``, ``<root>/cifar-100-python``).
+
+Nothing is ever downloaded. The files are parsed here rather than through torchvision's dataset
+classes because those verify md5 sums (which small or re-packed copies fail) and unpickle CIFAR
+batches with the unrestricted :mod:`pickle`; here CIFAR pickles go through an unpickler that only
+rebuilds numpy arrays, so a tampered file cannot run code.
+
+Loaded splits are cached in-process, so the app, the CLI and the pipeline can call
+:func:`load_dataset` repeatedly at no cost. The returned tensors are shared between calls: treat them
+as read-only.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import gzip
+import os
+import pickle
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from .errors import DatasetError
+
+__all__ = [
+    "DATASETS",
+    "DEBIAN_FASHION_MNIST_DIR",
+    "DatasetInfo",
+    "DataSplits",
+    "load_dataset",
+    "probe_batch",
+    "dataset_info",
+]
+
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
+
+#: Where Debian's ``dataset-fashion-mnist`` package puts the four ``*-ubyte.gz`` files (flat).
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset: input shape and classes.
+
+    Attributes
+    ----------
+    name : str
+        Canonical dataset name, one of :data:`DATASETS`.
+    channels, height, width : int
+        Shape of one input image.
+    num_classes : int
+        Number of classes; labels are ``0 .. num_classes - 1``.
+    class_names : tuple of str
+        Human-readable name of each label, in label order.
+    """
+
+    name: str
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+    class_names: tuple[str, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape ``(C, H, W)`` of one input image, as models and checkpoints record it."""
+        return (self.channels, self.height, self.width)
+
+
+@dataclass
+class DataSplits:
+    """A dataset's train / validation / test splits, normalised with train-split statistics.
+
+    Attributes
+    ----------
+    info : DatasetInfo
+        Shape and classes of the dataset.
+    train, val, test : TensorDataset
+        Each holds ``(x, y)``: ``x`` float32 ``[N, C, H, W]`` normalised per channel, ``y`` int64 ``[N]``.
+    mean, std : tuple of float
+        The per-channel statistics used for normalisation (raw pixel units), so that images can be
+        shown un-normalised: ``raw = x * std + mean``.
+    """
+
+    info: DatasetInfo
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+
+_DIGIT_NAMES = tuple(str(i) for i in range(10))
+_FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+_CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
+                  "dog", "frog", "horse", "ship", "truck")
+_CIFAR100_NAMES = tuple("""
+apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
+camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup
+dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower
+leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid
+otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road
+rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower
+sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale
+willow_tree wolf woman worm
+""".split())
+
+_INFOS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo("digits", 1, 8, 8, 10, _DIGIT_NAMES),
+    "mnist": DatasetInfo("mnist", 1, 28, 28, 10, _DIGIT_NAMES),
+    "fashion-mnist": DatasetInfo("fashion-mnist", 1, 28, 28, 10, _FASHION_NAMES),
+    "cifar10": DatasetInfo("cifar10", 3, 32, 32, 10, _CIFAR10_NAMES),
+    "cifar100": DatasetInfo("cifar100", 3, 32, 32, 100, _CIFAR100_NAMES),
+}
+
+# Digits: train / val / test = 60 / 20 / 20 of the 1797 images.
+_DIGITS_TEST_FRACTION = 0.2
+_DIGITS_VAL_FRACTION_OF_REST = 0.25
+
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_IDX_SUBDIR = {"mnist": os.path.join("MNIST", "raw"), "fashion-mnist": os.path.join("FashionMNIST", "raw")}
+_IDX_PRETTY = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+_CIFAR_LAYOUT = {
+    # name: (folder, train files, test file, label key, optional meta file, meta names key, pretty, archive)
+    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+                "labels", "batches.meta", "label_names", "CIFAR-10", "cifar-10-python.tar.gz"),
+    "cifar100": ("cifar-100-python", ("train",), "test",
+                 "fine_labels", "meta", "fine_label_names", "CIFAR-100", "cifar-100-python.tar.gz"),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------------
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Shape and classes of a dataset, without reading any data.
+
+    Models are built from an arch spec plus the dataset's input shape and class count; knowing these
+    without loading lets the app and the CLI build or validate models before the data is touched.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DATASETS` (case-insensitive; ``_`` may stand for ``-``).
+
+    Returns
+    -------
+    DatasetInfo
+    """
+    return _INFOS[_canonical_name(name)]
+
+
+def load_dataset(name: str, root: str | os.PathLike[str] | None = None, *, seed: int = 0,
+                 val_fraction: float = 0.1, limit_train: int | None = None) -> DataSplits:
+    """Load a dataset as normalised train / validation / test tensors.
+
+    The test split is the dataset's official test set (for ``digits``, a stratified 20 %). The
+    validation split is a seeded, stratified ``val_fraction`` of the official training set (for
+    ``digits``: another 20 % of all images, so train / val / test = 60 / 20 / 20, and ``val_fraction``
+    is not used). Each split keeps the order the images have in the files.
+
+    Every split is normalised per channel, ``x = (raw - mean_c) / std_c``, with ``mean_c`` and
+    ``std_c`` computed on the training split before ``limit_train`` subsampling, so that limiting the
+    training set for speed does not change what a model sees as input.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DATASETS`.
+    root : str or path-like, optional
+        Folder holding the files in torchvision's layout (or, for the MNIST family, the four IDX files
+        directly). Not used for ``digits``. For ``fashion-mnist`` the Debian package folder
+        :data:`DEBIAN_FASHION_MNIST_DIR` is searched as well, and is the default.
+    seed : int, default 0
+        Seed of the validation (and, for ``digits``, test) split and of ``limit_train``.
+    val_fraction : float, default 0.1
+        Fraction of the official training set held out for validation, in (0, 1).
+    limit_train : int, optional
+        Keep only this many (seeded, random) training images, for quick experiments.
+
+    Returns
+    -------
+    DataSplits
+
+    Raises
+    ------
+    DatasetError
+        Unknown name, missing or unreadable files, or invalid split parameters.
+    """
+    canonical = _canonical_name(name)
+    seed = _check_seed(seed)
+    val_fraction = _check_fraction(val_fraction)
+    if limit_train is not None:
+        if isinstance(limit_train, bool) or not isinstance(limit_train, (int, np.integer)) or limit_train < 1:
+            raise DatasetError(f"limit_train must be a positive number of training images, not {limit_train!r}: "
+                               "choose at least 1, or leave it unset to use the whole training split.")
+        limit_train = int(limit_train)
+
+    source = _locate(canonical, root)
+    info, mean, std, tensors = _load_cached(canonical, source, seed, val_fraction, limit_train)
+    xtr, ytr, xva, yva, xte, yte = tensors
+    return DataSplits(info=info, train=TensorDataset(xtr, ytr), val=TensorDataset(xva, yva),
+                      test=TensorDataset(xte, yte), mean=mean, std=std)
+
+
+def probe_batch(splits: DataSplits, size: int = 200, seed: int = 0) -> torch.Tensor:
+    """The shared probe batch: ``size`` validation images drawn without replacement.
+
+    Layer similarities (the cost matrix) and activation-based ground metrics compare the two networks
+    on one common batch of inputs. It comes from the validation split, which neither network was
+    trained on, so the comparison reflects how the networks generalise rather than what they memorised;
+    a fixed ``seed`` makes every stage (and the app and the CLI) see the same batch.
+
+    Parameters
+    ----------
+    splits : DataSplits
+        Output of :func:`load_dataset`.
+    size : int, default 200
+        Number of images; if larger than the validation split, all of it is used.
+    seed : int, default 0
+        Seed of the draw.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``[min(size, len(val)), C, H, W]``, a copy (safe to modify).
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise DatasetError(f"The probe size must be a whole number of images, not {size!r}: choose e.g. 200.")
+    if size < 1:
+        raise DatasetError(f"The probe set is empty (probe size {size}): choose a probe size of at least 1 "
+                           "(the default is 200).")
+    x_val = splits.val.tensors[0]
+    n = int(x_val.shape[0])
+    if n == 0:
+        raise DatasetError("The validation split is empty, so there is nothing to probe with: "
+                           "use a larger val_fraction or more training data.")
+    seed = _check_seed(seed)
+    order = np.random.default_rng(seed).permutation(n)[: min(int(size), n)]
+    return x_val[torch.from_numpy(order)].clone()
+
+
+# --------------------------------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------------------------------
+
+def _canonical_name(name: object) -> str:
+    if isinstance(name, str):
+        key = name.strip().lower().replace("_", "-")
+        if key in _INFOS:
+            return key
+    raise DatasetError(f"Unknown dataset {name!r}: choose one of {', '.join(DATASETS)}.")
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise DatasetError(f"The seed must be a whole number between 0 and 2**32 - 1, not {seed!r}: choose e.g. 0.")
+    return int(seed)
+
+
+def _check_fraction(val_fraction: object) -> float:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, np.floating)) \
+            or not 0.0 < float(val_fraction) < 1.0:
+        raise DatasetError(f"val_fraction must be strictly between 0 and 1, not {val_fraction!r}: choose e.g. 0.1.")
+    return float(val_fraction)
+
+
+# --------------------------------------------------------------------------------------------------
+# locating files (cheap; the result keys the cache, so edited files are re-read)
+# --------------------------------------------------------------------------------------------------
+
+def _file_key(path: str) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return (path, st.st_size, st.st_mtime_ns)
+
+
+def _locate(name: str, root: str | os.PathLike[str] | None) -> tuple:
+    """Find the files of dataset ``name``; return a hashable description (paths, sizes, mtimes)."""
+    if name == "digits":
+        return ("sklearn",)
+    root_dir = None
+    if root is not None:
+        root_dir = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    if name in _IDX_SUBDIR:
+        return _locate_idx(name, root_dir)
+    return _locate_cifar(name, root_dir)
+
+
+def _idx_files_in(folder: str) -> dict[str, str]:
+    """Map each of the four IDX file names to its path in ``folder`` (plain preferred over ``.gz``)."""
+    found = {}
+    for base in _IDX_FILES:
+        for candidate in (base, base + ".gz"):
+            path = os.path.join(folder, candidate)
+            if os.path.isfile(path):
+                found[base] = path
+                break
+    return found
+
+
+def _locate_idx(name: str, root_dir: str | None) -> tuple:
+    pretty = _IDX_PRETTY[name]
+    files_text = ", ".join(_IDX_FILES[:-1]) + f" and {_IDX_FILES[-1]} (each plain or .gz)"
+    apt_hint = " or run `apt-get install dataset-fashion-mnist`" if name == "fashion-mnist" else ""
+    if root_dir is None and name == "mnist":
+        raise DatasetError(f"{pretty} is read from local files: pass a data root holding {files_text}, "
+                           f"flat or in torchvision's MNIST/raw/ subfolder.")
+    if root_dir is not None and not os.path.isdir(root_dir):
+        raise DatasetError(f"The data root {root_dir} does not exist: pass a folder holding {files_text}, "
+                           f"flat or in its {_IDX_SUBDIR[name]}/ subfolder{apt_hint}.")
+    folders = []
+    if root_dir is not None:
+        folders += [root_dir, os.path.join(root_dir, _IDX_SUBDIR[name])]
+    if name == "fashion-mnist":
+        folders.append(DEBIAN_FASHION_MNIST_DIR)  # read at call time, so it can be redirected
+    partial = None
+    for folder in folders:
+        found = _idx_files_in(folder)
+        if len(found) == len(_IDX_FILES):
+            return ("idx",) + tuple(_file_key(found[base]) for base in _IDX_FILES)
+        if found and partial is None:
+            partial = (folder, [base for base in _IDX_FILES if base not in found])
+    if partial is not None:
+        folder, missing = partial
+        raise DatasetError(f"The {pretty} files in {folder} are incomplete (missing {', '.join(missing)}): "
+                           f"put all four of {files_text} there{apt_hint}.")
+    searched = ", ".join(folders)
+    raise DatasetError(f"No {pretty} files were found in {searched}: put {files_text} "
+                       f"in one of these folders{apt_hint}.")
+
+
+def _locate_cifar(name: str, root_dir: str | None) -> tuple:
+    folder_name, train_files, test_file, _, meta_file, _, pretty, archive = _CIFAR_LAYOUT[name]
+    needed = train_files + (test_file,)
+    files_text = ", ".join(needed[:-1]) + f" and {needed[-1]}" if len(needed) > 1 else needed[0]
+    howto = (f"extract the python version of {pretty} ({archive}) into the data root so that "
+             f"{os.path.join('<root>', folder_name)} holds {files_text}")
+    if root_dir is None:
+        raise DatasetError(f"{pretty} is read from local files: pass a data root and {howto}.")
+    if not os.path.isdir(root_dir):
+        raise DatasetError(f"The data root {root_dir} does not exist: {howto}.")
+    # torchvision's layout first; the batch folder itself is accepted too.
+    folders = [os.path.join(root_dir, folder_name), root_dir]
+    best = None
+    for folder in folders:
+        present = [f for f in needed if os.path.isfile(os.path.join(folder, f))]
+        if len(present) == len(needed):
+            meta_path = os.path.join(folder, meta_file)
+            meta = _file_key(meta_path) if os.path.isfile(meta_path) else None
+            return ("cifar",) + tuple(_file_key(os.path.join(folder, f)) for f in needed) + (meta,)
+        if present and best is None:
+            best = (folder, [f for f in needed if f not in present])
+    if best is not None:
+        folder, missing = best
+        raise DatasetError(f"The {pretty} files in {folder} are incomplete (missing {', '.join(missing)}): "
+                           f"{howto}.")
+    raise DatasetError(f"No {pretty} files were found in {folders[0]}: {howto}.")
+
+
+# --------------------------------------------------------------------------------------------------
+# readers
+# --------------------------------------------------------------------------------------------------
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _read_bytes(path: str) -> bytes:
+    """The file's bytes, gunzipped when it is gzip-compressed (judged by its magic, not its name)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(f"Could not read {path} ({exc}): replace it with an intact copy of "
+                           f"{_base_name(path)}.") from None
+    return raw
+
+
+def _base_name(path: str) -> str:
+    base = os.path.basename(path)
+    return base[:-3] if base.endswith(".gz") else base
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """Parse an IDX file: 2 zero bytes, a dtype code, the number of dims, big-endian uint32 dims, data."""
+    raw = _read_bytes(path)
+    expected = _base_name(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DatasetError(f"{path} is not an IDX file (bad magic number): replace it with an intact copy "
+                           f"of {expected}.")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DatasetError(f"{path} is truncated (its header is incomplete): replace it with an intact copy "
+                           f"of {expected}.")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    count = int(np.prod(dims, dtype=np.int64))
+    size = header + count * dtype.itemsize
+    if len(raw) != size:
+        what = "truncated" if len(raw) < size else "longer than its header says"
+        raise DatasetError(f"{path} is {what} ({len(raw)} bytes, expected {size}): replace it with an intact "
+                           f"copy of {expected}.")
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
+
+
+def _read_idx_pair(images_path: str, labels_path: str, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
+    images = _read_idx(images_path)
+    labels = _read_idx(labels_path)
+    if images.ndim != 3 or images.shape[1:] != (info.height, info.width):
+        raise DatasetError(f"{images_path} holds images of shape {images.shape[1:]}, not "
+                           f"{info.height}x{info.width}: replace it with the {_base_name(images_path)} "
+                           f"file of {_IDX_PRETTY[info.name]}.")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DatasetError(f"{labels_path} has {labels.shape} labels for {images.shape[0]} images in "
+                           f"{images_path}: use the labels file that belongs to these images.")
+    _check_labels(labels, info, labels_path)
+    return images[:, None, :, :], labels.astype(np.int64)
+
+
+def _check_labels(labels: np.ndarray, info: DatasetInfo, path: str) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
+        raise DatasetError(f"{path} has labels outside 0..{info.num_classes - 1}: replace it with an intact "
+                           f"copy of the {info.name} file.")
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    # Python 3 writes bytes as ``_codecs.encode(text, "latin1")`` at pickle protocols < 3.
+    if encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
+        raise DatasetError(f"Refused to decode pickled text as {encoding!r}: only latin1 occurs in CIFAR files.")
+    return codecs.encode(text, "latin1")
+
+
+def _safe_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR pickle may name: what numpy needs to rebuild an array, and no more."""
+    try:  # numpy >= 2
+        from numpy._core import multiarray, numeric
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], object] = {}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = numeric._frombuffer
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = np.dtype
+    allowed[("_codecs", "encode")] = _latin1_encode
+    for module in ("builtins", "__builtin__"):
+        allowed[(module, "bytearray")] = bytearray
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds numpy arrays, lists, dicts and strings, and refuses everything else.
+
+    Unpickling calls whatever global a pickle names; CIFAR batches only ever name numpy's array
+    reconstruction helpers, so any other global means the file was not made by the CIFAR authors.
+    """
+
+    _allowed = None
+
+    def find_class(self, module: str, name: str):  # noqa: D102 - see class docstring
+        if _RestrictedUnpickler._allowed is None:
+            _RestrictedUnpickler._allowed = _safe_globals()
+        obj = _RestrictedUnpickler._allowed.get((module, name))
+        if obj is None:
+            raise DatasetError(f"Refused to load {getattr(self, 'path', 'a pickle')}: it refers to "
+                               f"{module}.{name}, which a CIFAR batch never contains; replace it with "
+                               f"the file from the official python version of the dataset.")
+        return obj
+
+    def persistent_load(self, pid):  # noqa: D102
+        raise DatasetError(f"Refused to load {getattr(self, 'path', 'a pickle')}: it uses persistent ids, "
+                           "which a CIFAR batch never contains; replace it with the official file.")
+
+
+def _load_pickle(path: str) -> dict:
+    """Unpickle a CIFAR batch with :class:`_RestrictedUnpickler`; return it with str keys."""
+    try:
+        with open(path, "rb") as f:
+            unpickler = _RestrictedUnpickler(f, encoding="latin1")
+            unpickler.path = path
+            obj = unpickler.load()
+    except DatasetError:
+        raise
+    except Exception as exc:  # corrupt pickles raise anything from EOFError to TypeError
+        raise DatasetError(f"Could not read {path} ({type(exc).__name__}: {exc}): replace it with an intact "
+                           f"copy of {os.path.basename(path)}.") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path} does not hold a CIFAR batch (a dict): replace it with an intact copy of "
+                           f"{os.path.basename(path)}.")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def _read_cifar_batch(path: str, label_key: str, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
+    batch = _load_pickle(path)
+    data, labels = batch.get("data"), batch.get(label_key)
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels is None:
+        raise DatasetError(f"{path} is not a {info.name} batch (expected 'data' of shape [N, 3072] and "
+                           f"'{label_key}'): replace it with an intact copy of {os.path.basename(path)}.")
+    try:
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{path} has unreadable '{label_key}': replace it with an intact copy of "
+                           f"{os.path.basename(path)}.") from None
+    if labels.shape[0] != data.shape[0]:
+        raise DatasetError(f"{path} has {labels.shape[0]} labels for {data.shape[0]} images: replace it "
+                           f"with an intact copy of {os.path.basename(path)}.")
+    _check_labels(labels, info, path)
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar_class_names(meta_path: str | None, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Label names from the optional meta file; the built-in list when it is absent or unusable."""
+    if meta_path is None:
+        return default
+    names = _load_pickle(meta_path).get(key)
+    if not isinstance(names, (list, tuple)) or len(names) != len(default):
+        return default
+    out = tuple(n.decode("latin1") if isinstance(n, bytes) else n for n in names)
+    return out if all(isinstance(n, str) for n in out) else default
+
+
+# --------------------------------------------------------------------------------------------------
+# splitting, normalising, caching
+# --------------------------------------------------------------------------------------------------
+
+def _split_off(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of indices into (kept, held out); stratified by label whenever that is possible."""
+    from sklearn.model_selection import train_test_split
+
+    n = int(y.shape[0])
+    if n < 2:
+        raise DatasetError(f"The training set has {n} image(s), too few to hold out a validation split: "
+                           "use a dataset with at least 2 training images.")
+    n_held = min(max(int(round(fraction * n)), 1), n - 1)
+    _, counts = np.unique(y, return_counts=True)
+    stratifiable = counts.min() >= 2 and min(n_held, n - n_held) >= counts.size
+    kept, held = train_test_split(np.arange(n), test_size=n_held, random_state=seed,
+                                  stratify=y if stratifiable else None)
+    return np.sort(kept), np.sort(held)
+
+
+def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of ``x`` [N, C, H, W] in float64 (exact histograms for uint8 images)."""
+    if x.dtype == np.uint8:
+        values = np.arange(256, dtype=np.float64)
+        mean, var = [], []
+        for c in range(x.shape[1]):
+            hist = np.bincount(x[:, c].reshape(-1), minlength=256).astype(np.float64)
+            total = hist.sum()
+            m = (hist @ values) / total
+            mean.append(m)
+            var.append(max((hist @ (values - m) ** 2) / total, 0.0))
+        mean_a, std_a = np.array(mean), np.sqrt(np.array(var))
+    else:
+        mean_a = x.mean(axis=(0, 2, 3), dtype=np.float64)
+        std_a = x.std(axis=(0, 2, 3), dtype=np.float64)
+    std_a = np.where(std_a > 0, std_a, 1.0)  # a constant channel is centred, not blown up
+    return mean_a, std_a
+
+
+def _normalised(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    out = x.astype(np.float32)
+    out -= mean.astype(np.float32)[None, :, None, None]
+    out /= std.astype(np.float32)[None, :, None, None]
+    return torch.from_numpy(np.ascontiguousarray(out))
+
+
+@functools.lru_cache(maxsize=2)
+def _read_source(name: str, source: tuple):
+    """Raw arrays of a dataset's files: (info, x_train, y_train, x_test, y_test), never modified.
+
+    Cached apart from the splits so that another seed or ``limit_train`` does not re-read the files.
+    """
+    info = _INFOS[name]
+    if source[0] == "idx":
+        paths = [key[0] for key in source[1:]]
+        xtr, ytr = _read_idx_pair(paths[0], paths[1], info)
+        xte, yte = _read_idx_pair(paths[2], paths[3], info)
+        return info, xtr, ytr, xte, yte
+    # cifar
+    _, train_files, _, label_key, _, names_key, _, _ = _CIFAR_LAYOUT[name]
+    keys, meta = source[1:-1], source[-1]
+    batches = [_read_cifar_batch(key[0], label_key, info) for key in keys]
+    xtr = np.concatenate([b[0] for b in batches[:-1]])
+    ytr = np.concatenate([b[1] for b in batches[:-1]])
+    xte, yte = batches[-1]
+    names = _cifar_class_names(meta[0] if meta else None, names_key, info.class_names)
+    if names != info.class_names:
+        info = DatasetInfo(info.name, info.channels, info.height, info.width, info.num_classes, names)
+    return info, xtr, ytr, xte, yte
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, source: tuple, seed: int, val_fraction: float, limit_train: int | None):
+    """Read, split and normalise once per (dataset files, seed, val_fraction, limit_train)."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        info = _INFOS["digits"]
+        x_all = digits.images.astype(np.float32)[:, None, :, :]
+        y_all = digits.target.astype(np.int64)
+        rest, test_idx = _split_off(y_all, _DIGITS_TEST_FRACTION, seed)
+        keep, val_local = _split_off(y_all[rest], _DIGITS_VAL_FRACTION_OF_REST, seed)
+        train_idx, val_idx = rest[keep], rest[val_local]
+        x_train_all, y_train_all = x_all, y_all
+        x_test, y_test = x_all[test_idx], y_all[test_idx]
+    else:
+        info, x_train_all, y_train_all, x_test, y_test = _read_source(name, source)
+        train_idx, val_idx = _split_off(y_train_all, val_fraction, seed)
+    y_train_all = np.asarray(y_train_all, dtype=np.int64)
+
+    x_train = x_train_all[train_idx]
+    mean, std = _channel_stats(x_train)
+    if limit_train is not None and limit_train < train_idx.size:
+        chosen = np.sort(np.random.default_rng(seed).choice(train_idx.size, size=limit_train, replace=False))
+        train_idx, x_train = train_idx[chosen], x_train[chosen]
+
+    tensors = (
+        _normalised(x_train, mean, std), torch.from_numpy(y_train_all[train_idx].copy()),
+        _normalised(x_train_all[val_idx], mean, std), torch.from_numpy(y_train_all[val_idx].copy()),
+        _normalised(x_test, mean, std), torch.from_numpy(np.ascontiguousarray(y_test, dtype=np.int64)),
+    )
+    return info, tuple(float(m) for m in mean), tuple(float(s) for s in std), tensors

@@ -1,0 +1,28 @@
+"""Pick the compute device once, at the edge (``auto`` → CUDA when present)."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import DeviceError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def device_label() -> str:
+    """A short description for the UI: the GPU's name, or that there is none."""
+    return f"CUDA: {torch.cuda.get_device_name(0)}" if cuda_available() else "no CUDA device on this machine"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if cuda_available() else "cpu")
+    if name == "cuda" and not cuda_available():
+        raise DeviceError("CUDA was chosen but this machine has no CUDA GPU; choose 'cpu' or 'auto'.")
+    if name not in DEVICES:
+        raise DeviceError(f"Unknown device '{name}'; choose one of {DEVICES}.")
+    return torch.device(name)

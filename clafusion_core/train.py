@@ -1,0 +1,133 @@
+"""Training, evaluation and finetuning.
+
+Training is deterministic for a given seed (the seed fixes the initial weights' RNG state and the
+shuffling order). Finetuning keeps the epoch with the best *validation* accuracy — never the test
+split — and the same rule is applied to the parents when they get the same extra epochs (the fair
+baseline).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .errors import FusionError
+
+Progress = Callable[[float, str], None]
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    seed: int = 0
+    select_best: bool = False   # keep the best-validation epoch (finetuning) instead of the last
+
+
+@dataclass
+class History:
+    train_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    best_epoch: int = 0         # 1-based epoch whose weights were kept
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    raise FusionError(f"Unknown optimiser '{config.optimizer}'; choose one of {OPTIMIZERS}.")
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, inputs: torch.Tensor, device: torch.device | str = "cpu",
+                   batch_size: int = 2048) -> torch.Tensor:
+    model.eval().to(device)
+    return torch.cat([model(inputs[i:i + batch_size].to(device)).float().cpu()
+                      for i in range(0, len(inputs), batch_size)])
+
+
+def accuracy_of_logits(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def evaluate(model: nn.Module, dataset: TensorDataset, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy in [0, 1]."""
+    inputs, labels = dataset.tensors
+    return accuracy_of_logits(predict_logits(model, inputs, device), labels)
+
+
+def train_model(model: nn.Module, train: TensorDataset, val: TensorDataset, config: TrainConfig,
+                device: torch.device | str = "cpu", progress: Progress | None = None,
+                on_epoch: Callable[[int, float], None] | None = None) -> History:
+    """Train in place with cross-entropy; report progress per batch and validation accuracy per epoch."""
+    if config.epochs < 0:
+        raise FusionError("The number of epochs must be 0 or more.")
+    torch.manual_seed(config.seed)
+    model.to(device)
+    optimizer = _optimizer(model, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator)
+    history = History()
+    best_state, best_accuracy = None, -1.0
+    steps = max(1, config.epochs * len(loader))
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        total, count = 0.0, 0
+        for step, (inputs, labels) in enumerate(loader):
+            inputs, labels = inputs.to(device), labels.to(device)
+            loss = nn.functional.cross_entropy(model(inputs), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, count = total + loss.item() * len(labels), count + len(labels)
+            if progress:
+                progress(((epoch - 1) * len(loader) + step + 1) / steps, f"epoch {epoch}/{config.epochs}")
+        accuracy = evaluate(model, val, device)
+        history.train_loss.append(total / max(count, 1))
+        history.val_accuracy.append(accuracy)
+        if on_epoch:
+            on_epoch(epoch, accuracy)
+        if config.select_best and accuracy > best_accuracy:
+            best_accuracy, best_state = accuracy, copy.deepcopy(model.state_dict())
+            history.best_epoch = epoch
+    if config.select_best and best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        history.best_epoch = config.epochs
+    model.eval()
+    return history
+
+
+def finetune(model: nn.Module, train: TensorDataset, val: TensorDataset, config: TrainConfig,
+             device: torch.device | str = "cpu", progress: Progress | None = None,
+             on_epoch: Callable[[int, float], None] | None = None) -> tuple[nn.Module, History]:
+    """A finetuned *copy* of ``model`` (best validation epoch kept); the input model is untouched."""
+    tuned = copy.deepcopy(model)
+    history = train_model(tuned, train, val, TrainConfig(**{**config.__dict__, "select_best": True}),
+                          device, progress, on_epoch)
+    return tuned, history
+
+
+@torch.no_grad()
+def reset_batchnorm(model: nn.Module, train: TensorDataset, device: torch.device | str = "cpu",
+                    max_samples: int = 4096, batch_size: int = 256) -> None:
+    """Recompute BatchNorm running statistics on (up to ``max_samples``) training inputs."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    inputs = train.tensors[0][:max_samples]
+    loader = DataLoader(TensorDataset(inputs), batch_size=batch_size)
+    model.to(device)
+    torch.optim.swa_utils.update_bn(((x.to(device),) for (x,) in loader), model)
+    model.eval()
