@@ -34,9 +34,9 @@ def _as_cost(cost) -> np.ndarray:
 
 
 def _pins(m: int, n: int, pin_first: bool, pin_last: bool) -> tuple[bool, bool]:
-    """The pins that apply: with one layer in B and several in A, only the last pin can hold."""
+    """The pins that apply: with one layer in B and several in A, only the first pin is kept."""
     if n == 1 and m > 1 and pin_first and pin_last:
-        return False, True
+        return True, False
     return pin_first, pin_last
 
 
@@ -90,8 +90,9 @@ def align_layers(cost: np.ndarray, *, pin_first: bool = True, pin_last: bool = T
     the remaining block of C.
 
     Special cases: ``n == 0`` gives ``[]``. When ``n == 1 < m`` and both pins are asked for, they cannot
-    both hold; only the last pin applies (the last layer feeds the next stage / the output layer), so
-    the result is ``[m - 1]``.
+    both hold; only the first pin applies, so the result is ``[0]``. The first layer is the safe one to
+    keep: an identity layer inserted *before* a model's first layer would read raw (possibly negative)
+    inputs and break exact balancing, and a ResNet stage's first block carries its downsampling.
 
     Ties: among optimal maps the one matching the earliest rows is returned: a(n−1) is as small as
     possible, then a(n−2), and so on (with exact arithmetic this is the componentwise-smallest optimal
@@ -128,7 +129,7 @@ def align_layers(cost: np.ndarray, *, pin_first: bool = True, pin_last: bool = T
     _check_depths(m, n)
     pin_first, pin_last = _pins(m, n, pin_first, pin_last)
     head = [0] if pin_first else []
-    tail = [m - 1] if pin_last and not (pin_first and n == 1) else []
+    tail = [m - 1] if pin_last and not (pin_first and n == 1) else []  # n == m == 1: one pair
     r0, r1 = len(head), m - len(tail)  # free rows [r0, r1)
     c0, c1 = len(head), n - len(tail)  # free columns [c0, c1)
     middle = []
@@ -186,7 +187,7 @@ def validate_mapping(
 
     A valid mapping ``a`` has length n, entries in ``0 .. m-1``, is strictly increasing
     (:math:`a(0) < a(1) < \\dots`), and honours the pins: ``a[0] == 0`` if ``pin_first`` and
-    ``a[-1] == m - 1`` if ``pin_last`` (with ``n == 1 < m`` and both pins, only the last pin applies,
+    ``a[-1] == m - 1`` if ``pin_last`` (with ``n == 1 < m`` and both pins, only the first pin applies,
     as in :func:`align_layers`).
 
     Parameters

@@ -71,9 +71,21 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
+def _sorted_header(data: bytes) -> bytes:
+    """Rewrite a safetensors header with sorted keys, so one model always exports to the same bytes.
+
+    safetensors writes its metadata in hash-map order, which changes between calls; the tensor data
+    and its offsets are untouched, and the header stays padded to 8 bytes as the format asks.
+    """
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + data[8 + size:]
+
+
 def checkpoint_bytes(model: nn.Module, *, dataset: str, extra: dict[str, str] | None = None) -> bytes:
     """The model as ``.safetensors`` bytes with our metadata (what ``st.download_button`` serves)."""
-    return safetensors.torch.save(_tensors(model), metadata=_metadata(model, dataset, extra))
+    return _sorted_header(safetensors.torch.save(_tensors(model), metadata=_metadata(model, dataset, extra)))
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, dataset: str,
@@ -95,8 +107,9 @@ def _read_source(source: str | os.PathLike | bytes, name: str) -> tuple[bytes, s
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if len(data) > MAX_UPLOAD_BYTES:
-            raise CheckpointError(f"{name} is {len(data) / 2**20:.1f} MB, over the {MAX_UPLOAD_BYTES / 2**20:.0f} MB "
-                                  "upload limit; upload a smaller checkpoint or load it from a local path with the CLI.")
+            limit = MAX_UPLOAD_BYTES / 2**20
+            raise CheckpointError(f"{name} is {len(data) / 2**20:.1f} MB, over the {limit:.0f} MB upload limit; "
+                                  "upload a smaller checkpoint or load it from a local path with the CLI.")
         return data, name
     path = os.fspath(source)
     if name == "checkpoint":
@@ -194,8 +207,9 @@ def _check_finite(state_dict: dict[str, torch.Tensor], name: str) -> None:
 # ----------------------------------------------------------------------------------- arch inference
 
 def _unknown_layout(detail: str = "") -> ArchError:
-    return ArchError("The checkpoint's architecture cannot be told from its keys" + detail +
-                     "; pass --arch (or choose the architecture in the app), e.g. --arch resnet18 or mlp:400-200-100.")
+    return ArchError("The checkpoint is in a layout we cannot tell the architecture from (its keys" + detail +
+                     " match no supported model); pass --arch (or choose the architecture in the app), "
+                     "e.g. --arch resnet18 or mlp:400-200-100.")
 
 
 def _indexed(keys: list[str], pattern: str) -> list[int]:
@@ -217,17 +231,19 @@ def _prefix_renames(keys: list[str], prefixes: dict[str, str]) -> dict[str, str]
 
 def _linear_chain(shapes: dict[str, torch.Size], names: list[str]) -> tuple[tuple[int, ...], bool]:
     """Hidden widths and bias flag of Linear layers ``names`` (last = head) chained in that order."""
+    if any(len(shapes.get(f"{n}.weight", ())) != 2 for n in names):
+        raise _unknown_layout(f", where one of {', '.join(names)} is missing or not a Linear weight,")
     for prev, nxt in zip(names, names[1:]):
         if shapes[f"{nxt}.weight"][1] != shapes[f"{prev}.weight"][0]:
-            raise _unknown_layout(f" ({nxt} does not take {prev}'s {shapes[f'{prev}.weight'][0]} outputs)")
+            raise _unknown_layout(f", where {nxt} does not take {prev}'s {shapes[f'{prev}.weight'][0]} outputs,")
     widths = tuple(int(shapes[f"{n}.weight"][0]) for n in names[:-1])
     return widths, f"{names[-1]}.bias" in shapes
 
 
 def _mlp(shapes: dict[str, torch.Size], names: list[str]) -> tuple[str, dict[str, str]]:
     """Our MLP spec and the renames from Linear layers ``names`` (last = head) to our layout."""
-    if len(names) < 2 or any(len(shapes.get(f"{n}.weight", ())) != 2 for n in names):
-        raise _unknown_layout(" (an MLP needs at least one hidden Linear layer and a head)")
+    if len(names) < 2:
+        raise _unknown_layout(", with fewer than two Linear layers,")
     widths, bias = _linear_chain(shapes, names)
     ours = {f"{n}.": f"hidden.{i}." for i, n in enumerate(names[:-1])} | {f"{names[-1]}.": "head."}
     return str(ArchSpec("mlp", widths, bias=bias)), _prefix_renames(list(shapes), ours)
@@ -246,7 +262,7 @@ def _infer_sequential_mlp(shapes: dict[str, torch.Size]) -> tuple[str, dict[str,
     """
     indices = _indexed(list(shapes), r"(\d+)\.weight")
     if any(b - a < 2 for a, b in zip(indices, indices[1:])):
-        raise _unknown_layout(" (two Linear layers follow each other without an activation)")
+        raise _unknown_layout(", with two Linear layers in a row without an activation,")
     return _mlp(shapes, [str(i) for i in indices])
 
 
@@ -254,7 +270,7 @@ def _infer_fc_mlp(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
     """The reference OTFusion/CLAFusion ``MlpNetBase``: ``fc1``, ``fc2``, ... (usually bias-free)."""
     numbers = _indexed(list(shapes), r"fc(\d+)\.weight")
     if numbers != list(range(1, len(numbers) + 1)):
-        raise _unknown_layout(" (fc layers are not numbered fc1, fc2, ...)")
+        raise _unknown_layout(", with fc layers not numbered fc1, fc2, ...,")
     return _mlp(shapes, [f"fc{i}" for i in numbers])
 
 
@@ -326,7 +342,7 @@ def _torchvision_features(shapes: dict[str, torch.Size], convs: list[int], bn: b
     for prev, idx in zip([None] + convs, convs):
         pools = 0 if prev is None else idx - prev - per_conv
         if pools < 0:
-            raise _unknown_layout(f" (features.{prev} and features.{idx} are too close for Conv, BatchNorm, ReLU)")
+            raise _unknown_layout(f", where features.{prev} and features.{idx} are too close for Conv, BN, ReLU,")
         cfg += ["M"] * pools
         ours = len(cfg)
         cfg.append(int(shapes[f"features.{idx}.weight"][0]))
@@ -342,14 +358,14 @@ def _infer_torchvision_vgg(shapes: dict[str, torch.Size]) -> tuple[str, dict[str
     convs = [i for i in _indexed(keys, r"features\.(\d+)\.weight") if len(shapes[f"features.{i}.weight"]) == 4]
     with_bn = [f"features.{i + 1}.running_mean" in shapes for i in convs]
     if len(set(with_bn)) != 1:
-        raise _unknown_layout(" (only some convs have BatchNorm)")
+        raise _unknown_layout(", with BatchNorm after only some convs,")
     cfg, renames = _torchvision_features(shapes, convs, with_bn[0])
     if "classifier.weight" in shapes:
         linears = ["classifier"]
     else:
         linears = [f"classifier.{i}" for i in _indexed(keys, r"classifier\.(\d+)\.weight")]
     if not linears:
-        raise _unknown_layout(" (a VGG needs a classifier)")
+        raise _unknown_layout(", with VGG features but no classifier,")
     classifier, tvhead = _vgg_head(shapes, linears, cfg[-2])
     ours = {f"{n}.": f"classifier.{i}.linear." for i, n in enumerate(linears[:-1])} | {f"{linears[-1]}.": "head."}
     return _vgg_spec(cfg, classifier, with_bn[0], tvhead), renames | _prefix_renames(keys, ours)
@@ -365,7 +381,15 @@ def infer_arch(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, str]
     """
     stripped = _strip_prefix(state_dict)
     prefix = {k: s for k, s in zip(state_dict, stripped)} if stripped is not state_dict else {}
-    shapes = {k: v.shape for k, v in stripped.items()}
+    try:
+        spec, renames = _dispatch({k: v.shape for k, v in stripped.items()})
+    except (KeyError, IndexError, ValueError) as exc:  # a layout that starts like a known one, then breaks
+        raise _unknown_layout(f", where {exc} is missing or malformed,") from None
+    return spec, {old: renames.get(new, new) for old, new in prefix.items()} if prefix else renames
+
+
+def _dispatch(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
+    """Pick the layout by its signature key and infer from it."""
     keys = list(shapes)
     if "hidden.0.weight" in shapes and "head.weight" in shapes:
         spec, renames = _infer_our_mlp(shapes)
@@ -380,8 +404,8 @@ def infer_arch(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, str]
     elif "fc1.weight" in shapes and all(re.fullmatch(r"fc\d+\.(weight|bias)", k) for k in keys):
         spec, renames = _infer_fc_mlp(shapes)
     else:
-        raise _unknown_layout(f" (first key {keys[0]!r})" if keys else " (it has no keys)")
-    return spec, {old: renames.get(new, new) for old, new in prefix.items()} if prefix else renames
+        raise _unknown_layout(f", starting with {keys[0]!r}," if keys else ", none at all,")
+    return spec, renames
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -418,11 +442,12 @@ def _head_outputs(spec: ArchSpec, state_dict: dict[str, torch.Tensor]) -> int | 
 
 
 def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
-    try:
-        shape = tuple(int(v) for v in text.split(","))  # type: ignore[union-attr]
-    except (AttributeError, ValueError):
+    """``"1,8,8"`` -> ``(1, 8, 8)``; None when absent or malformed (then the shape is found otherwise)."""
+    parts = (text or "").split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
         return None
-    return shape if len(shape) == 3 else None  # type: ignore[return-value]
+    c, h, w = (int(p) for p in parts)
+    return (c, h, w)
 
 
 def _guess_input_shape(spec: ArchSpec, inputs: int | None, name: str) -> tuple[int, int, int]:
@@ -463,8 +488,9 @@ def _check_fits(model: nn.Module, state_dict: dict[str, torch.Tensor], name: str
         raise CheckpointError(f"{name} does not fit {model.spec}: it lacks {missing[0]!r}; {fix}")
     if unexpected:
         raise CheckpointError(f"{name} does not fit {model.spec}: it has an unexpected {unexpected[0]!r}; {fix}")
-    for key, value in state_dict.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
+    for key in expected:
+        value = state_dict.get(key)
+        if value is not None and tuple(value.shape) != tuple(expected[key].shape):
             raise CheckpointError(f"{name} does not fit {model.spec}: {key!r} has shape {tuple(value.shape)}, "
                                   f"expected {tuple(expected[key].shape)}; {fix}")
 
@@ -518,6 +544,27 @@ def _dataset_defaults(dataset: str | None) -> tuple[tuple[int, int, int] | None,
     return info.input_shape, info.num_classes
 
 
+def _target(spec: ArchSpec, state_dict: dict[str, torch.Tensor], meta: dict[str, str],
+            input_shape: tuple[int, int, int] | None, num_classes: int | None, dataset: str | None,
+            name: str) -> tuple[tuple[int, int, int], int]:
+    """Input shape and class count to build for: the caller's, the dataset's, the file's, then the weights'.
+
+    Whatever the caller chose is checked against the weights, so a mismatch is reported in terms of
+    the dataset rather than as a shape error deep inside ``load_state_dict``.
+    """
+    ds_shape, ds_classes = _dataset_defaults(dataset if input_shape is None or num_classes is None else None)
+    shape = input_shape or ds_shape or _parse_shape(meta.get("input_shape")) \
+        or _guess_input_shape(spec, _first_layer_inputs(spec, state_dict), name)
+    meta_classes = int(meta["num_classes"]) if meta.get("num_classes", "").isdigit() else None
+    classes = num_classes or ds_classes or meta_classes or _head_outputs(spec, state_dict)
+    if classes is None:
+        raise CheckpointError(f"{name} has no classifier head to count its classes; choose the dataset it was "
+                              "trained on.")
+    label = dataset or meta.get("dataset") or "the chosen dataset"
+    _check_shapes(spec, state_dict, tuple(shape), classes, label, name)
+    return tuple(int(v) for v in shape), int(classes)  # type: ignore[return-value]
+
+
 def load_checkpoint(source: str | os.PathLike | bytes, *, arch: str | None = None,
                     input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
                     dataset: str | None = None, name: str = "checkpoint") -> tuple[nn.Module, CheckpointInfo]:
@@ -538,19 +585,9 @@ def load_checkpoint(source: str | os.PathLike | bytes, *, arch: str | None = Non
     except ArchError as exc:
         raise ArchError(str(exc).replace("The checkpoint", name, 1)) from None
     state_dict = _fold_conv_bias({renames.get(k, k): v for k, v in state_dict.items()})
-
-    needs_dataset = input_shape is None or num_classes is None
-    ds_shape, ds_classes = _dataset_defaults(dataset if needs_dataset else None)
-    shape = input_shape or ds_shape or _parse_shape(meta.get("input_shape")) \
-        or _guess_input_shape(spec, _first_layer_inputs(spec, state_dict), name)
-    classes = num_classes or ds_classes or (int(meta["num_classes"]) if meta.get("num_classes", "").isdigit() else None) \
-        or _head_outputs(spec, state_dict)
-    if classes is None:
-        raise CheckpointError(f"{name} has no classifier head to count classes from; pass --arch for its layout.")
-    _check_shapes(spec, state_dict, tuple(shape), classes, dataset or meta.get("dataset") or "the dataset", name)
-
-    model = _build_loaded(spec, tuple(shape), classes, state_dict, name)
-    extra = {k: v for k, v in strings.items() if k not in RESERVED_METADATA or kind == "pt"}
+    shape, classes = _target(spec, state_dict, meta, input_shape, num_classes, dataset, name)
+    model = _build_loaded(spec, shape, classes, state_dict, name)
+    extra = {k: v for k, v in strings.items() if kind == "pt" or k not in RESERVED_METADATA}
     info = CheckpointInfo(arch=str(spec), dataset=meta.get("dataset"), num_classes=classes,
-                          input_shape=tuple(shape), source=kind, extra=extra)  # type: ignore[arg-type]
+                          input_shape=shape, source=kind, extra=extra)
     return model, info

@@ -101,9 +101,9 @@ def parse_arch(spec: str) -> ArchSpec:
     """Parse an arch spec string (see the module docstring) into an :class:`ArchSpec`."""
     text = spec.strip().lower()
     mult = 1.0
-    match = re.fullmatch(r"(.*?)x(\d*\.?\d+)", text)
+    match = re.search(r"x(\d*\.?\d+)((?:-[a-z]+)*)$", text)  # "resnet18x0.5" or "resnet18x0.5-tvstem"
     if match:
-        text, mult = match.group(1), float(match.group(2))
+        text, mult = text[:match.start()] + match.group(2), float(match.group(1))
         if not 0 < mult <= 16:
             raise ArchError(f"Width multiplier in '{spec}' must be between 0 and 16, e.g. resnet18x0.5.")
     name, _, body = text.partition(":")

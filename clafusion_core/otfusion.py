@@ -100,7 +100,7 @@ def transport_plan(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plan = ot.sinkhorn(alpha.double(), beta.double(), normalised.double(), reg, method="sinkhorn_log",
-                           numItermax=5000, stopThr=1e-9)
+                           numItermax=20_000, stopThr=1e-9)
     message = "; ".join(str(w.message) for w in caught) or None
     if not torch.isfinite(plan).all():
         raise AlignmentError("Sinkhorn produced NaN plans; increase the regularisation (e.g. to 0.05) or use the exact solver.")

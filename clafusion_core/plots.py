@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
@@ -42,6 +43,7 @@ PATH_COLOR = "#d62728"  # the DP alignment
 OVERRIDE_COLOR = "#ff7f0e"  # the user's matching
 DIFFERS_COLOR = "#ff7f0e"  # a metric whose path differs from the first metric's
 ACCENT_COLOR = "#1f77b4"
+B_COLOR = "#2ca02c"
 NEUTRAL_COLOR = "#9aa5b1"
 IDENTITY_COLOR = "#c8c8c8"
 REMOVED_COLOR = "#e0e0e0"
@@ -101,7 +103,8 @@ def _path_trace(path: list[int], *, name: str, color: str, dash: str = "solid", 
     )
 
 
-def _cells_trace(cost: np.ndarray, hover: list[list[str]], marker_size: float, zrange: tuple[float, float]) -> go.Scatter:
+def _cells_trace(cost: np.ndarray, hover: list[list[str]], marker_size: float,
+                 zrange: tuple[float, float]) -> go.Scatter:
     """Near-transparent markers on all cell centres, so Streamlit's on_select gets (i, j) back.
 
     Each marker has its cell's colour, so even the 1 % opacity leaves no visible square.
@@ -260,8 +263,8 @@ def downsample_plan(plan: np.ndarray, max_cells: int = 256) -> tuple[np.ndarray,
     plan = np.asarray(plan, dtype=float)
     if plan.ndim != 2 or max_cells < 1:
         raise ValueError("plan must be a 2-D array and max_cells at least 1.")
-    (n_a, n_b), (rb, cb) = plan.shape, (math.ceil(plan.shape[0] / max_cells), math.ceil(plan.shape[1] / max_cells))
-    rb, cb = max(rb, 1), max(cb, 1)
+    n_a, n_b = plan.shape
+    rb, cb = max(math.ceil(n_a / max_cells), 1), max(math.ceil(n_b / max_cells), 1)
     rows_out, cols_out = math.ceil(n_a / rb), math.ceil(n_b / cb)
     padded = np.zeros((rows_out * rb, cols_out * cb))
     padded[:n_a, :n_b] = plan
@@ -288,17 +291,14 @@ def transport_plan_heatmap(plan: np.ndarray, *, title: str = "", max_cells: int 
     small, rb, cb = downsample_plan(plan, max_cells)
     r, c = small.shape
 
-    def span(k: int, block: int, size: int) -> str:
-        lo, hi = k * block, min((k + 1) * block, size) - 1
-        return f"{lo}" if lo == hi else f"{lo}–{hi}"
+    def side(model: str, axis: str, block: int) -> str:
+        return f"{model} neuron %{{{axis}}}" if block == 1 else f"{model} neurons %{{{axis}}}…+{block - 1}"
 
-    a_word, b_word = ("neuron" if rb == 1 else "neurons"), ("neuron" if cb == 1 else "neurons")
-    hover = [[f"A {a_word} {span(i, rb, n_a)} → B {b_word} {span(k, cb, n_b)}: {small[i, k]:.4g}"
-              for k in range(c)] for i in range(r)]
+    # hover from the coordinates (block starts), not per-cell strings: a 256 x 256 plan stays small
     fig = go.Figure(go.Heatmap(
-        z=small, colorscale=MASS_COLORSCALE, zmin=0, hovertext=hover,
-        hovertemplate="%{hovertext}<extra></extra>", hoverlabel=HOVER_LABEL,
-        colorbar=dict(title=dict(text="mass"), thickness=12),
+        z=small, x=np.arange(c) * cb, y=np.arange(r) * rb, colorscale=MASS_COLORSCALE, zmin=0,
+        hovertemplate=f"{side('A', 'y', rb)} → {side('B', 'x', cb)}: %{{z:.4g}}<extra></extra>",
+        hoverlabel=HOVER_LABEL, colorbar=dict(title=dict(text="mass"), thickness=12),
     ))
     heading = f"{title} — " if title else "Transport plan "
     subtitle = f"permutation-likeness {permutation_likeness(plan):.2f} (share of mass on each A neuron's top entry)"
@@ -384,6 +384,17 @@ def stage_timings(timings: dict[str, float], *, title: str = "Time per stage") -
 # ------------------------------------------------------------------------------------ architecture diagram
 
 
+@dataclass
+class _Box:
+    """One unit in the architecture diagram."""
+
+    x: float
+    width: int | None  # None: an identity unit whose input width is unknown (before the first layer)
+    kind: str  # "unit", "id" (inserted identity) or "removed" (merged away)
+    stage: int
+    position: int | None  # A: the unit's index in its stage; B: the A position it sits under (None: unmatched)
+
+
 def _positions(stages: list[list[int]]) -> list[list[float]]:
     """x position of every unit: consecutive integers, with a gap of one between stages."""
     out, x = [], 0.0
@@ -393,133 +404,145 @@ def _positions(stages: list[list[int]]) -> list[list[float]]:
     return out
 
 
-def _b_slots(stages_a: list[list[int]], stages_b: list[list[int]], inserted: set[tuple[int, int]],
-             mapping: list[list[int]] | None, xs_a: list[list[float]]) -> list[list[tuple]]:
-    """Where B's row draws its units: ``(x, width, kind, a_index)`` per slot, kind "unit" or "id".
+def _stage_mapping(n_a: int, n_b: int, ids: list[int], given: list[int] | None) -> tuple[list[int] | None, bool]:
+    """A position of each of B's units in one stage, and whether B is already the balanced model.
 
-    With a mapping (given, or implied by ``inserted`` when ``len(B) + inserted == len(A)``) B's unit j
-    sits under A's unit ``mapping[s][j]`` and the inserted identity units fill their positions (which are
-    A positions, since the balanced B is as deep as A). If B is as deep as A and no mapping is known, B
-    is taken to be the balanced model itself: unit j under A's unit j, inserted positions drawn as "id".
-    Otherwise B's units are spread evenly under A's stage and nothing is connected.
+    Given, or implied by the inserted positions when ``n_B + len(ids) == n_A`` (B is the original
+    model), or one-to-one when B is as deep as A (B is the balanced model itself); else unknown.
     """
-    slots, width = [], None  # width: the width flowing into the next unit (carried across stages)
+    if given is not None:
+        return list(given), False
+    if ids and n_b + len(ids) == n_a:
+        return [p for p in range(n_a) if p not in ids], False
+    if n_b == n_a:
+        return list(range(n_a)), True
+    return None, False
+
+
+def _b_boxes(stages_a: list[list[int]], stages_b: list[list[int]], inserted: set[tuple[int, int]],
+             mapping: list[list[int]] | None, xs_a: list[list[float]]) -> list[_Box]:
+    """B's row: each unit under its matched A unit, identity units under the A units they stand in for.
+
+    Inserted positions are positions in the balanced B, which is as deep as A: they are A positions.
+    Without a known mapping B's units are spread evenly under A's stage and left unconnected.
+    """
+    boxes, width = [], None  # width: what flows into the next unit, carried across stages
     for s, (units_a, units_b) in enumerate(zip(stages_a, stages_b)):
         ids = sorted(p for (st, p) in inserted if st == s)
-        if mapping is not None:
-            stage_map = list(mapping[s])
-        elif ids and len(units_b) + len(ids) == len(units_a):
-            stage_map = [p for p in range(len(units_a)) if p not in ids]
-        elif len(units_b) == len(units_a):
-            stage_map = list(range(len(units_a)))
-        else:
-            stage_map = None
+        stage_map, balanced = _stage_mapping(len(units_a), len(units_b), ids, mapping[s] if mapping else None)
         if stage_map is None:
             lo, hi = xs_a[s][0], xs_a[s][-1]
             step = (hi - lo) / max(len(units_b) - 1, 1)
             xs = [lo + k * step if len(units_b) > 1 else (lo + hi) / 2 for k in range(len(units_b))]
-            slots.append([(x, w, "unit", None) for x, w in zip(xs, units_b)])
+            boxes += [_Box(x, w, "unit", s, None) for x, w in zip(xs, units_b)]
             width = units_b[-1] if units_b else width
             continue
         if len(stage_map) != len(units_b) or any(not 0 <= i < len(units_a) for i in stage_map):
             raise ValueError(f"mapping of stage {s} must give an A position for each of B's {len(units_b)} units.")
-        stage_slots = {}
-        for j, (i, w) in enumerate(zip(stage_map, units_b)):
-            kind = "id" if (i in ids and len(units_b) == len(units_a) and mapping is None) else "unit"
-            stage_slots[i] = (xs_a[s][i], w, kind, i)
-        for p in range(len(units_a)):  # an identity unit keeps the width flowing into it
-            if p in stage_slots:
-                width = stage_slots[p][1]
-            elif p in ids:
-                stage_slots[p] = (xs_a[s][p], width, "id", p)
-        slots.append([stage_slots[p] for p in sorted(stage_slots)])
-    return slots
+        matched = dict(zip(stage_map, units_b))
+        for p in range(len(units_a)):
+            if p in matched:
+                width = matched[p]
+                boxes.append(_Box(xs_a[s][p], width, "id" if balanced and p in ids else "unit", s, p))
+            elif p in ids:  # an identity unit keeps the width flowing into it
+                boxes.append(_Box(xs_a[s][p], width, "id", s, p))
+    return boxes
+
+
+def _units(count: int) -> str:
+    return f"{count} unit" if count == 1 else f"{count} units"
 
 
 def _box_height(width: int | None, widest: int) -> float:
     return 0.2 if not width else 0.15 + 0.45 * math.sqrt(width / widest)
 
 
+def _boxes_bar(boxes: list[_Box], y: float, widest: int, name: str, color: str, hover: list[str],
+               pattern: dict | None = None) -> go.Bar:
+    """Boxes as bars centred on row y (``base`` = bottom edge), so they can carry a hatch pattern."""
+    heights = [_box_height(b.width, widest) for b in boxes]
+    return go.Bar(x=[b.x for b in boxes], y=heights, base=[y - h / 2 for h in heights], width=0.7, name=name,
+                  marker=dict(color=color, line=dict(color="#444", width=1), pattern=pattern),
+                  hovertext=hover, hovertemplate="%{hovertext}<extra></extra>", showlegend=bool(boxes))
+
+
 def architecture_diagram(stages_a: list[list[int]], stages_b: list[list[int]], *,
                          inserted: Sequence[tuple[int, int]] = (), removed: Sequence[tuple[int, int]] = (),
-                         mapping: list[list[int]] | None = None, names: tuple[str, str] = ("A", "B")) -> go.Figure:
+                         mapping: list[list[int]] | None = None,
+                         names: tuple[str, str] = ("A", "B")) -> go.Figure:
     """The two models' fusable units as two rows of boxes (height ~ sqrt(width), labelled by width).
 
     ``stages_a`` / ``stages_b`` list each stage's unit widths; stages are separated by a gap. Lines join
     matched units, ``mapping[s][j]`` being the A position of B's unit j in stage s. ``inserted`` are
     ``(stage, position)`` identity units of the balanced B (positions in the balanced model, i.e. A's
     positions, as in ``balancing.Balanced.inserted``): drawn hatched grey, labelled "id", in B's row under
-    the A unit they stand in for. ``removed`` are ``(stage, position)`` units of A merged away: drawn
-    grey and crossed out.
+    the A unit they stand in for. Pass the original B (the mapping is then implied by ``inserted`` when
+    not given) or the balanced B itself. ``removed`` are ``(stage, position)`` units of A merged away:
+    drawn grey and crossed out.
     """
     if len(stages_a) != len(stages_b):
         raise ValueError(f"A has {len(stages_a)} stages and B {len(stages_b)}; they must match to be drawn.")
     if mapping is not None and len(mapping) != len(stages_a):
         raise ValueError("mapping must have one list per stage.")
-    inserted_set, removed_set = {tuple(p) for p in inserted}, {tuple(p) for p in removed}
+    removed_set = {tuple(p) for p in removed}
     xs_a = _positions(stages_a)
-    slots_b = _b_slots(stages_a, stages_b, inserted_set, mapping, xs_a)
-    widest = max([w for s in stages_a + stages_b for w in s] + [1])
+    a_boxes = [_Box(x, w, "removed" if (s, p) in removed_set else "unit", s, p)
+               for s, (units, xs) in enumerate(zip(stages_a, xs_a)) for p, (w, x) in enumerate(zip(units, xs))]
+    b_boxes = _b_boxes(stages_a, stages_b, {tuple(p) for p in inserted}, mapping, xs_a)
+    widest = max([w for stage in stages_a + stages_b for w in stage] + [1])
     y_a, y_b = 1.0, 0.0
 
-    def bar(xs, heights, ys, name, color, hover, pattern=None) -> go.Bar:
-        return go.Bar(x=xs, y=heights, base=[y - h / 2 for y, h in zip(ys, heights)], width=0.7, name=name,
-                      marker=dict(color=color, line=dict(color="#444", width=1), pattern=pattern),
-                      hovertext=hover, hovertemplate="%{hovertext}<extra></extra>", showlegend=bool(xs))
+    def of(boxes: list[_Box], kind: str) -> list[_Box]:
+        return [b for b in boxes if b.kind == kind]
 
-    a_units = [(s, p, x, w) for s, (units, xs) in enumerate(zip(stages_a, xs_a)) for p, (w, x) in enumerate(zip(units, xs))]
-    kept = [u for u in a_units if (u[0], u[1]) not in removed_set]
-    gone = [u for u in a_units if (u[0], u[1]) in removed_set]
-    b_units = [(s, k, slot) for s, stage in enumerate(slots_b) for k, slot in enumerate(stage)]
-    real = [(s, slot) for s, _, slot in b_units if slot[2] == "unit"]
-    ids = [(s, slot) for s, _, slot in b_units if slot[2] == "id"]
+    def a_hover(b: _Box) -> str:
+        return f"{names[0]} · stage {b.stage} · unit {b.position} · width {b.width}"
 
-    def a_hover(u):
-        return f"{names[0]} · stage {u[0]} · unit {u[1]} · width {u[3]}"
+    def b_hover(b: _Box) -> str:
+        matched = f" · under {names[0]} unit {b.position}" if b.position is not None else ""
+        return f"{names[1]} · stage {b.stage} · width {b.width}{matched}"
 
-    fig = go.Figure()
-    fig.add_trace(bar([u[2] for u in kept], [_box_height(u[3], widest) for u in kept], [y_a] * len(kept),
-                      f"{names[0]} units", ACCENT_COLOR, [a_hover(u) for u in kept]))
-    fig.add_trace(bar([u[2] for u in gone], [_box_height(u[3], widest) for u in gone], [y_a] * len(gone),
-                      "merged away", REMOVED_COLOR, [a_hover(u) + " (merged away)" for u in gone]))
-    fig.add_trace(bar([sl[0] for _, sl in real], [_box_height(sl[1], widest) for _, sl in real], [y_b] * len(real),
-                      f"{names[1]} units", "#2ca02c",
-                      [f"{names[1]} · stage {s} · width {sl[1]}" + (f" · matched to {names[0]} unit {sl[3]}"
-                                                                    if sl[3] is not None else "") for s, sl in real]))
-    fig.add_trace(bar([sl[0] for _, sl in ids], [_box_height(sl[1], widest) for _, sl in ids], [y_b] * len(ids),
-                      "identity (inserted)", IDENTITY_COLOR,
-                      [f"identity unit · stage {s} · position {sl[3]}" for s, sl in ids],
-                      pattern=dict(shape="/", fgcolor="#777")))
+    fig = go.Figure([
+        _boxes_bar(of(a_boxes, "unit"), y_a, widest, f"{names[0]} units", ACCENT_COLOR,
+                   [a_hover(b) for b in of(a_boxes, "unit")]),
+        _boxes_bar(of(a_boxes, "removed"), y_a, widest, "merged away", REMOVED_COLOR,
+                   [a_hover(b) + " (merged away)" for b in of(a_boxes, "removed")]),
+        _boxes_bar(of(b_boxes, "unit"), y_b, widest, f"{names[1]} units", B_COLOR,
+                   [b_hover(b) for b in of(b_boxes, "unit")]),
+        _boxes_bar(of(b_boxes, "id"), y_b, widest, "identity (inserted)", IDENTITY_COLOR,
+                   [f"identity unit · stage {b.stage} · position {b.position}" for b in of(b_boxes, "id")],
+                   pattern=dict(shape="/", fgcolor="#777")),
+    ])
 
-    # lines between matched units, from the bottom of A's box to the top of B's
-    lx, ly = [], []
-    for s, _, (x, w, kind, i) in b_units:
-        if i is None:
-            continue
-        a_w = stages_a[s][i]
-        lx += [xs_a[s][i], x, None]
-        ly += [y_a - _box_height(a_w, widest) / 2, y_b + _box_height(w, widest) / 2, None]
-    fig.add_trace(go.Scatter(x=lx, y=ly, mode="lines", name="matched", line=dict(color="#888", width=1.5),
-                             hoverinfo="skip", showlegend=bool(lx)))
-    # crosses over merged units, then width labels on top
-    if gone:
-        fig.add_trace(go.Scatter(x=[u[2] for u in gone], y=[y_a] * len(gone), mode="markers", name="removed",
-                                 marker=dict(symbol="x-thin", size=26, line=dict(color="#d62728", width=3)),
+    # lines from the bottom of each matched A box to the top of the B box under it
+    line_x, line_y = [], []
+    for b in b_boxes:
+        if b.position is not None:
+            a_width = stages_a[b.stage][b.position]
+            line_x += [xs_a[b.stage][b.position], b.x, None]
+            line_y += [y_a - _box_height(a_width, widest) / 2, y_b + _box_height(b.width, widest) / 2, None]
+    fig.add_trace(go.Scatter(x=line_x, y=line_y, mode="lines", name="matched", line=dict(color="#888", width=1.5),
+                             hoverinfo="skip", showlegend=bool(line_x)))
+    gone = of(a_boxes, "removed")
+    if gone:  # crosses first, so the width labels stay on top
+        fig.add_trace(go.Scatter(x=[b.x for b in gone], y=[y_a] * len(gone), mode="markers", name="removed",
+                                 marker=dict(symbol="x-thin", size=26, line=dict(color=PATH_COLOR, width=3)),
                                  hoverinfo="skip", showlegend=False))
-    label_x = [u[2] for u in a_units] + [sl[0] for _, _, sl in b_units]
-    label_y = [y_a] * len(a_units) + [y_b] * len(b_units)
-    label_t = [str(u[3]) for u in a_units] + ["id" if sl[2] == "id" else str(sl[1]) for _, _, sl in b_units]
-    fig.add_trace(go.Scatter(x=label_x, y=label_y, mode="text", text=label_t, textfont=dict(size=11, color="#111"),
-                             hoverinfo="skip", showlegend=False, name="widths"))
+    fig.add_trace(go.Scatter(
+        x=[b.x for b in a_boxes + b_boxes], y=[y_a] * len(a_boxes) + [y_b] * len(b_boxes), mode="text",
+        text=["id" if b.kind == "id" else str(b.width) for b in a_boxes + b_boxes], name="widths",
+        textfont=dict(size=11, color="#111"), hoverinfo="skip", showlegend=False,
+    ))
     if len(stages_a) > 1:
         for s, xs in enumerate(xs_a):
             if xs:
                 fig.add_annotation(x=(xs[0] + xs[-1]) / 2, y=1.42, text=f"stage {s}", showarrow=False,
                                    font=dict(size=11, color="#666"))
-    x_max = max([x for xs in xs_a for x in xs] + [sl[0] for _, _, sl in b_units] + [0.0])
+
+    x_max = max([b.x for b in a_boxes + b_boxes] + [0.0])
     fig.update_layout(template=TEMPLATE, barmode="overlay", bargap=0, height=320, margin=MARGIN,
-                      title=_title(f"{names[0]} ({sum(map(len, stages_a))} units) vs "
-                                   f"{names[1]} ({sum(map(len, stages_b))} units)"),
+                      title=_title(f"{names[0]} ({_units(len(a_boxes))}) vs {names[1]} "
+                                   f"({_units(sum(map(len, stages_b)))})"),
                       legend=dict(orientation="h", yanchor="top", y=-0.02, xanchor="left", x=0))
     fig.update_xaxes(visible=False, range=[-0.6, x_max + 0.6])
     fig.update_yaxes(tickmode="array", tickvals=[y_a, y_b], ticktext=list(names), range=[-0.5, 1.55],

@@ -22,8 +22,8 @@ PIN_IDS = ["free", "pin-first", "pin-last", "pin-both"]
 
 
 def _allowed(combo, m, n, pin_first, pin_last):
-    if n == 1 and m > 1 and pin_first and pin_last:  # documented: only the last pin applies
-        pin_first = False
+    if n == 1 and m > 1 and pin_first and pin_last:  # documented: only the first pin applies
+        pin_last = False
     if n and pin_first and combo[0] != 0:
         return False
     if n and pin_last and combo[-1] != m - 1:
@@ -106,15 +106,15 @@ def test_square_cost_gives_identity(m, pin_first, pin_last):
     assert align_layers(cost, pin_first=pin_first, pin_last=pin_last) == list(range(m))
 
 
-def test_single_column_with_both_pins_uses_last_pin_only():
-    cost = np.array([[0.0], [5.0], [9.0], [7.0]])  # row 0 is cheapest, but the last pin wins
-    assert align_layers(cost) == [3]
-    assert align_layers(cost, pin_first=True, pin_last=False) == [0]
-    assert align_layers(cost, pin_first=False, pin_last=False) == [0]
+def test_single_column_with_both_pins_uses_first_pin_only():
+    cost = np.array([[9.0], [5.0], [0.0], [7.0]])  # row 2 is cheapest, but the first pin wins
+    assert align_layers(cost) == [0]
+    assert align_layers(cost, pin_first=False, pin_last=True) == [3]
+    assert align_layers(cost, pin_first=False, pin_last=False) == [2]
     assert align_layers(np.array([[3.0]])) == [0]
-    validate_mapping([3], 4, 1)
-    with pytest.raises(AlignmentError, match="last"):
-        validate_mapping([0], 4, 1)
+    validate_mapping([0], 4, 1)
+    with pytest.raises(AlignmentError, match="first"):
+        validate_mapping([3], 4, 1)
 
 
 def test_pins_are_enforced_even_when_expensive():
@@ -195,7 +195,7 @@ def test_align_stages_aligns_each_stage_and_names_the_failing_one():
     costs = [rng.random((4, 2)), rng.random((3, 3)), rng.random((5, 1))]
     maps = align_stages(costs)
     assert maps == [align_layers(c) for c in costs]
-    assert maps[1] == [0, 1, 2] and maps[2] == [4]
+    assert maps[1] == [0, 1, 2] and maps[2] == [0]
     assert align_stages(costs, pin_first=False, pin_last=False) == [
         align_layers(c, pin_first=False, pin_last=False) for c in costs
     ]

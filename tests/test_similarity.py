@@ -23,6 +23,17 @@ DATA_METRICS = [m for m in METRICS if m != "width"]
 PAIRWISE = {"linear_cka": linear_cka, "debiased_cka": debiased_cka, "rbf_cka": rbf_cka, "cca": cca_similarity}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Run this module single-threaded: slower than the 2-core target for the timing test, but immune
+    to the collapse of torch's OpenMP pool when other processes share the CPU (small ops then take
+    10-100x longer), which made timings and the module's run time erratic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -238,18 +249,8 @@ def test_bad_activations_raise_fusion_error():
         cost_matrix([torch.randn(3, 4)], [torch.randn(3, 2)], "debiased_cka")
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Time single-threaded: a slower setting than the 2-core target, but immune to the collapse of
-    torch's OpenMP pool when other processes share the CPU (small ops then take 10-100x longer)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("metric", METRICS)
-def test_full_matrix_is_fast(metric, one_torch_thread):
+def test_full_matrix_is_fast(metric):
     # the app switches metrics live: 5 vs 3 layers, widths up to 400, 200 probe samples
     x = torch.randn(200, 784, generator=_gen(17))
     acts_a = _relu_layers([400, 200, 100, 50, 25], seed=18, x=x)

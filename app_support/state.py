@@ -1,0 +1,192 @@
+"""Every session-state key the app uses, in one place, and the shared choices built from them.
+
+Two kinds of keys:
+
+* **widget keys** (:data:`WIDGET_DEFAULTS`) — the value of a widget of that key. Streamlit deletes a
+  widget's state when a page without that widget runs, so :func:`init` (called by ``app.py`` on every
+  run, before any page) re-assigns them, which keeps every choice across pages;
+* **plain keys** — objects the pages store: the chosen pair (:class:`PairChoice`), the bytes of the
+  uploaded checkpoints, the what-if matching and the last fusion result.
+
+Pages read the choices through the functions below (``choice()``, ``alignment_config()``,
+``fusion_config()``, ``override()``, ``result()``) and never spell a key themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import streamlit as st
+
+from clafusion_core import zoo
+from clafusion_core.pipeline import FusionConfig, FusionResult
+
+_DEFAULT = FusionConfig()
+
+# --------------------------------------------------------------------------------------- widget keys
+SOURCE_KIND = "source_kind"        # "demo" | "upload" | "paths"
+DEMO_KEY = "demo_key"              # a key of zoo.DEMO_PAIRS
+DATASET = "dataset"                # for uploads / paths (a demo pair brings its own)
+DATA_ROOT = "data_root"
+ARCH_A, ARCH_B = "arch_a", "arch_b"    # optional arch specs for .pt files whose arch cannot be inferred
+PATH_A, PATH_B = "path_a", "path_b"
+UPLOAD_A, UPLOAD_B = "upload_a", "upload_b"   # file_uploader widgets (not re-assignable)
+
+COST = "cost"
+PROBE_SIZE = "probe_size"
+ACTIVATION = "activation"
+CONV_FEATURES = "conv_features"
+PIN_FIRST = "pin_first"
+PIN_LAST = "pin_last"
+COMPARE = "compare_metrics"
+
+BALANCE = "balance"
+GROUND_METRIC = "ground_metric"
+SOLVER = "solver"
+SINKHORN_REG = "sinkhorn_reg"
+FUSION_WEIGHT = "fusion_weight"
+DEVICE = "device"
+REPAIR = "repair"
+BN_RESET = "bn_reset"
+PLAN_GROUP = "plan_group"
+
+FT_EPOCHS = "ft_epochs"
+FT_LR = "ft_lr"
+FT_OPTIMIZER = "ft_optimizer"
+FT_PARENTS = "ft_parents"
+
+HEATMAP = "align_heatmap"          # the clickable cost heatmap (its selection state)
+
+WIDGET_DEFAULTS: dict[str, object] = {
+    SOURCE_KIND: "demo", DEMO_KEY: zoo.DEFAULT_PAIR, DATASET: _DEFAULT.dataset, DATA_ROOT: "",
+    ARCH_A: "", ARCH_B: "", PATH_A: "", PATH_B: "",
+    COST: _DEFAULT.cost, PROBE_SIZE: _DEFAULT.probe_size, ACTIVATION: _DEFAULT.activation,
+    CONV_FEATURES: _DEFAULT.conv_features, PIN_FIRST: _DEFAULT.pin_first, PIN_LAST: _DEFAULT.pin_last,
+    COMPARE: False,
+    BALANCE: _DEFAULT.balance, GROUND_METRIC: _DEFAULT.ground_metric, SOLVER: _DEFAULT.solver,
+    SINKHORN_REG: _DEFAULT.sinkhorn_reg, FUSION_WEIGHT: _DEFAULT.fusion_weight, DEVICE: _DEFAULT.device,
+    REPAIR: _DEFAULT.repair, BN_RESET: _DEFAULT.bn_reset,
+    FT_EPOCHS: 3, FT_LR: _DEFAULT.finetune_lr, FT_OPTIMIZER: _DEFAULT.optimizer, FT_PARENTS: False,
+}
+
+# ---------------------------------------------------------------------------------------- plain keys
+PAIR = "pair"                      # PairChoice: the two networks and the dataset in use
+UPLOADED = "uploaded_bytes"        # {sha256: bytes} of the uploaded checkpoints in use
+OVERRIDE = "override"              # (pair id, per-stage matching) of the what-if, or absent
+OVERRIDE_REV = "override_rev"      # bumped when the matching changes outside its widgets
+RESULT = "fusion_result"           # (pair id, FusionResult) of the last fusion run
+LAST_CLICK = "last_heatmap_click"  # the heatmap cell last applied, so a selection is applied once
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One network of the chosen pair: where it comes from and the key its caches use."""
+
+    kind: str                  # "demo" | "upload" | "path"
+    name: str                  # what the user sees (pair title + A/B, a file name, a path)
+    key: str                   # cache key: "demo:<pair>:a", the upload's sha256, "path:<abs>:<mtime>:<size>"
+    arch: str | None = None    # the user's arch spec, for .pt files whose arch cannot be inferred
+    demo: str | None = None    # the demo pair (kind "demo")
+    slot: int = 0              # 0 = first network of the pair, 1 = second
+    path: str | None = None    # the local file (kind "path")
+
+
+@dataclass(frozen=True)
+class PairChoice:
+    """The two networks and the dataset every page works on."""
+
+    kind: str                  # "demo" | "upload" | "paths"
+    refs: tuple[ModelRef, ModelRef]
+    dataset: str
+    data_root: str | None
+    label: str
+
+    @property
+    def id(self) -> str:
+        return "|".join([*(r.key for r in self.refs), self.dataset, self.data_root or ""])
+
+
+def demo_choice(key: str = zoo.DEFAULT_PAIR) -> PairChoice:
+    pair = zoo.DEMO_PAIRS[key]
+    refs = tuple(ModelRef("demo", f"{pair.title} — {'AB'[slot]} ({arch})", f"demo:{key}:{slot}", demo=key, slot=slot)
+                 for slot, arch in enumerate((pair.arch_a, pair.arch_b)))
+    return PairChoice("demo", refs, pair.dataset, None, f"demo pair “{pair.title}”")  # type: ignore[arg-type]
+
+
+def init() -> None:
+    """Set every widget's default once and keep widget values alive across pages (call first, every run)."""
+    for key, default in WIDGET_DEFAULTS.items():
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+        else:
+            st.session_state[key] = default
+
+
+def choice() -> tuple[PairChoice, bool]:
+    """The chosen pair, and whether it is the default demo pair standing in for a choice never made."""
+    pair = st.session_state.get(PAIR)
+    if pair is None:
+        return demo_choice(), True
+    return pair, False
+
+
+def set_choice(pair: PairChoice, uploaded: dict[str, bytes] | None = None) -> None:
+    """Make ``pair`` the pair every page uses (forgetting results that belong to another pair)."""
+    st.session_state[PAIR] = pair
+    st.session_state[UPLOADED] = dict(uploaded or {})
+
+
+def uploaded_bytes(key: str) -> bytes | None:
+    return st.session_state.get(UPLOADED, {}).get(key)
+
+
+def alignment_config(pair: PairChoice) -> FusionConfig:
+    """The settings that determine the cost matrix and the DP alignment (nothing else varies)."""
+    return FusionConfig(dataset=pair.dataset, data_root=pair.data_root, cost=st.session_state[COST],
+                        probe_size=int(st.session_state[PROBE_SIZE]), activation=st.session_state[ACTIVATION],
+                        conv_features=st.session_state[CONV_FEATURES], pin_first=bool(st.session_state[PIN_FIRST]),
+                        pin_last=bool(st.session_state[PIN_LAST]))
+
+
+def fusion_config(pair: PairChoice) -> FusionConfig:
+    """The alignment settings plus the Fusion page's, with the what-if matching if there is one."""
+    return replace(alignment_config(pair), balance=st.session_state[BALANCE],
+                   ground_metric=st.session_state[GROUND_METRIC], solver=st.session_state[SOLVER],
+                   sinkhorn_reg=float(st.session_state[SINKHORN_REG]),
+                   fusion_weight=float(st.session_state[FUSION_WEIGHT]), device=st.session_state[DEVICE],
+                   repair=bool(st.session_state[REPAIR]), bn_reset=bool(st.session_state[BN_RESET]),
+                   mapping=override(pair))
+
+
+def override(pair: PairChoice) -> tuple[tuple[int, ...], ...] | None:
+    """The user's per-stage matching for this pair, or None to use the DP's."""
+    stored = st.session_state.get(OVERRIDE)
+    if stored and stored[0] == pair.id:
+        return stored[1]
+    return None
+
+
+def set_override(pair: PairChoice, mapping: list[list[int]] | tuple | None, *, from_widget: bool = False) -> None:
+    """Store (or with None, drop) the what-if matching; ``from_widget`` keeps the widgets as they are."""
+    if mapping is None:
+        st.session_state.pop(OVERRIDE, None)
+    else:
+        st.session_state[OVERRIDE] = (pair.id, tuple(tuple(int(a) for a in stage) for stage in mapping))
+    if not from_widget:
+        st.session_state[OVERRIDE_REV] = st.session_state.get(OVERRIDE_REV, 0) + 1
+
+
+def override_rev() -> int:
+    return st.session_state.get(OVERRIDE_REV, 0)
+
+
+def result(pair: PairChoice) -> FusionResult | None:
+    """The last fusion result of this pair, or None."""
+    stored = st.session_state.get(RESULT)
+    if stored and stored[0] == pair.id:
+        return stored[1]
+    return None
+
+
+def store_result(pair: PairChoice, fusion: FusionResult) -> None:
+    st.session_state[RESULT] = (pair.id, fusion)

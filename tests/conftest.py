@@ -1,0 +1,34 @@
+"""Shared fixtures: the digits splits and the trained demo pairs, built once per test session."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/model_utils.py
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from clafusion_core.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def mlp_pair():
+    """The default demo pair: mlp:400-200-100-50-25 (A) and mlp:400-200-100 (B), trained on digits."""
+    from clafusion_core.zoo import load_demo_pair
+
+    return load_demo_pair("mlp")
+
+
+@pytest.fixture(scope="session")
+def same_shape_pair():
+    """Two mlp:400-200-100 trained from different seeds."""
+    from clafusion_core.zoo import load_demo_pair
+
+    return load_demo_pair("mlp-same")
