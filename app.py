@@ -206,12 +206,15 @@ def main() -> None:
         st.Page("pages/2_Fusion.py", title="2 · Fusion", icon=":material/merge:"),
         st.Page("pages/3_Finetune.py", title="3 · Finetune", icon=":material/trending_up:"),
     ])
-    with st.sidebar:
-        pair, fell_back = state.choice()
-        st.caption("In use" + (" (default)" if fell_back else ""))
-        st.markdown(f"{pair.label[0].upper() + pair.label[1:]} · *{pair.dataset}*")
-        st.caption(f"Compute: {device_label()}")
-    navigation.run()
+    summary = st.sidebar.container()
+    try:
+        navigation.run()
+    finally:  # after the page, so a pair chosen on this run shows already
+        with summary:
+            pair, fell_back = state.choice()
+            st.caption("In use" + (" — the default, until you choose" if fell_back else ""))
+            st.markdown(f"{pair.label[0].upper() + pair.label[1:]} · *{pair.dataset}*")
+            st.caption(f"Compute: {device_label()}")
 
 
 main()

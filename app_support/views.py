@@ -18,7 +18,7 @@ ACCURACY_LABELS = {
     "balanced_b": "balanced B",
     "ensemble": "ensemble",
     "vanilla": "vanilla average",
-    "fused_plain": "fused, before repair",
+    "fused_plain": "fused, unrepaired",
     "fused": "fused (one-shot)",
     "fused_finetuned": "fused + finetuned",
     "model_a_finetuned": "A + finetuned",

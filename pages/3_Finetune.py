@@ -1,0 +1,126 @@
+"""3 · Finetune — train the fused model a few epochs (live validation curve), compare, download."""
+
+import json
+
+import streamlit as st
+
+from app_support import cached, state, ui, views
+from clafusion_core import pipeline, plots
+from clafusion_core.checkpoints import checkpoint_bytes
+from clafusion_core.train import OPTIMIZERS
+
+LEARNING_RATES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
+OPTIMIZER_LABELS = {"sgd": "SGD (momentum 0.9)", "adam": "Adam"}
+RUN_NAMES = {"fused": "fused", "model_a": "model A", "model_b": "model B"}
+
+ui.page_header(3, "Finetune", "A few epochs of training recover most of what the one-shot fusion lost.")
+ui.explain("Why finetune, and what is a fair comparison?", """
+The one-shot fused model starts from a good point — its neurons are aligned and averaged — but averaging is
+never perfect, so it usually scores below its parents. A few epochs of ordinary training (*finetuning*) on
+the training split repair most of that. We keep the epoch with the best **validation** accuracy (never the
+test split, which only reports the final numbers).
+
+A fair comparison gives the parents the same extra epochs: tick *also finetune the parents* to train each
+parent further with the same settings. Beating *those* numbers is the real test of fusion; matching one
+parent with a single model that carries both parents' knowledge is already useful (e.g. as a compressed
+replacement for the ensemble).
+
+The fused model can be downloaded as `.safetensors` (it loads back into this app and the CLI), and the
+whole run — cost matrix, alignment, accuracies, timings and settings — as `result.json`.
+""")
+pair, fell_back = state.choice()
+ui.pair_note(pair, fell_back)
+with ui.user_errors():
+    loaded = cached.load_pair(pair)
+    splits = cached.splits(pair.dataset, pair.data_root)
+
+fusion = state.result(pair)
+if fusion is None:
+    st.info("There is no fused model for this pair yet, so it is fused now with the Fusion page's settings.",
+            icon=":material/info:")
+    config = state.fusion_config(pair)
+    bar = st.progress(0.0, text="fusing")
+    with ui.user_errors():
+        model_a, model_b = cached.private_copies(loaded, config.device)
+        fusion = pipeline.run_fusion(model_a, model_b, splits, config, progress=ui.progress_callback(bar))
+    bar.empty()
+    state.store_result(pair, fusion)
+
+# ------------------------------------------------------------------------------------------- controls
+left, middle, right = st.columns(3, gap="large")
+left.number_input("Epochs", min_value=1, max_value=200, step=1, key=state.FT_EPOCHS)
+middle.select_slider("Learning rate", LEARNING_RATES, key=state.FT_LR)
+right.radio("Optimiser", OPTIMIZERS, format_func=OPTIMIZER_LABELS.get, key=state.FT_OPTIMIZER, horizontal=True)
+st.checkbox("Also finetune the parents for the same epochs (the fair baseline; three times the time)",
+            key=state.FT_PARENTS)
+
+live = st.empty()
+if st.button("Finetune", type="primary", icon=":material/play_arrow:"):
+    bar = st.progress(0.0, text="finetuning")
+    curves: dict[str, list[float]] = {}
+
+    def on_epoch(name: str, epoch: int, accuracy: float) -> None:
+        curves.setdefault(RUN_NAMES.get(name, name), []).append(accuracy)
+        live.plotly_chart(plots.training_curves(curves, title="Validation accuracy — live"), width="stretch",
+                          theme=None, key=f"live_curve_{sum(map(len, curves.values()))}")
+
+    with ui.user_errors():
+        pipeline.finetune_result(fusion, splits, epochs=int(st.session_state[state.FT_EPOCHS]),
+                                 lr=float(st.session_state[state.FT_LR]),
+                                 optimizer=st.session_state[state.FT_OPTIMIZER],
+                                 parents=bool(st.session_state[state.FT_PARENTS]),
+                                 progress=ui.progress_callback(bar), on_epoch=on_epoch)
+    bar.empty()
+    live.empty()
+    state.store_result(pair, fusion)
+
+# -------------------------------------------------------------------------------------------- results
+acc = fusion.accuracy
+tuned = fusion.fused_finetuned is not None
+parents_tuned = tuned and fusion.config.finetune_parents and acc.get("model_a_finetuned") is not None
+if not tuned:
+    st.info("Choose the epochs and press **Finetune**: the validation curve is drawn live, epoch by epoch.",
+            icon=":material/info:")
+else:
+    m = st.columns(4)
+    m[0].metric("Fused + finetuned", ui.percent(acc["fused_finetuned"]),
+                delta=f"{100 * (acc['fused_finetuned'] - acc['fused']):+.1f} pp vs one-shot")
+    m[1].metric("Fused (one-shot)", ui.percent(acc["fused"]))
+    if parents_tuned:
+        m[2].metric("A + finetuned", ui.percent(acc["model_a_finetuned"]),
+                    delta=f"{100 * (acc['model_a_finetuned'] - acc['model_a']):+.1f} pp")
+        m[3].metric("B + finetuned", ui.percent(acc["model_b_finetuned"]),
+                    delta=f"{100 * (acc['model_b_finetuned'] - acc['model_b']):+.1f} pp")
+    else:
+        m[2].metric("Model A", ui.percent(acc["model_a"]))
+        m[3].metric("Model B", ui.percent(acc["model_b"]))
+    st.caption(f"{fusion.config.finetune_epochs} epoch(s), learning rate {fusion.config.finetune_lr}, "
+               f"{OPTIMIZER_LABELS[fusion.config.optimizer]}; the best validation epoch is kept.")
+    left, right = st.columns(2, gap="large")
+    with left:
+        keys = ["model_a", "model_b"] + (["model_a_finetuned", "model_b_finetuned"] if parents_tuned else []) \
+            + ["fused", "fused_finetuned"]
+        ui.chart(plots.accuracy_bars(views.accuracy_view(fusion, keys), title="Test accuracy, before and after"),
+                 key="finetune_accuracy")
+    with right:
+        histories = {RUN_NAMES.get(k, k): v for k, v in fusion.histories.items()
+                     if k == "fused" or parents_tuned}
+        ui.chart(plots.training_curves(histories), key="finetune_curves")
+    st.caption("Left: test accuracy of the parents and the fused model, before and after finetuning. Right: "
+               "validation accuracy after each epoch.")
+
+# ------------------------------------------------------------------------------------------- download
+st.subheader("Download")
+model = fusion.fused_finetuned if tuned else fusion.fused.model
+which = "finetuned" if tuned else "one-shot"
+d1, d2 = st.columns(2)
+with d1:
+    st.download_button(f"Fused model ({which}) · .safetensors", icon=":material/download:", on_click="ignore",
+                       data=lambda: checkpoint_bytes(model, dataset=pair.dataset, extra={"fused": which}),
+                       file_name=f"fused-{which}.safetensors", mime="application/octet-stream")
+    st.caption("Loads back into this app (Home → Upload checkpoints) and the CLI.")
+with d2:
+    st.download_button("Result · result.json", icon=":material/download:", on_click="ignore",
+                       data=lambda: json.dumps(fusion.to_json(), indent=2), file_name="result.json",
+                       mime="application/json")
+    st.caption("Cost matrix, alignment, accuracies, timings and every setting needed to rerun it.")
