@@ -228,6 +228,14 @@ class VGG(nn.Module):
         dims = (channels * pool * pool, *classifier)
         self.classifier = nn.Sequential(*(LinearUnit(i, o, dropout) for i, o in zip(dims, dims[1:])))
         self.head = nn.Linear(dims[-1], num_classes)
+        for m in self.modules():  # torchvision's VGG initialisation: deep plain stacks need it to train
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x)).flatten(1)

@@ -58,7 +58,7 @@ class FusionConfig:
     repair: bool = True
     bn_reset: bool = True
     finetune_epochs: int = 0
-    finetune_lr: float = 0.01
+    finetune_lr: float = 0.02
     optimizer: str = "sgd"
     finetune_parents: bool = False
     seed: int = 0
@@ -175,12 +175,18 @@ def compute_activations(model: nn.Module, probe: torch.Tensor, config: FusionCon
     return unit_activations(model, probe, pre=config.activation == "pre", conv=config.conv_features)
 
 
-def stage_pins(model: nn.Module, config: FusionConfig) -> tuple[bool, bool, list[str]]:
-    """The pinning actually used: a ResNet stage's first block carries the downsampling, so it is
-    always matched to the other first block."""
-    if model.spec.family == "resnet" and not config.pin_first:
-        return True, config.pin_last, ["ResNet stages always match their first blocks (they downsample)."]
-    return config.pin_first, config.pin_last, []
+def stage_pins(family: str, depths_b: list[int], config: FusionConfig) -> tuple[list[tuple[bool, bool]], list[str]]:
+    """The (pin_first, pin_last) of each stage: the model's first hidden layers are matched to each
+    other and its last ones too; stages in between align freely. A ResNet stage's first block carries
+    the downsampling, so in ResNets every stage's first blocks are matched."""
+    filled = [s for s, n in enumerate(depths_b) if n]
+    first, last = (filled[0], filled[-1]) if filled else (-1, -1)
+    notes = []
+    if family == "resnet" and not config.pin_first:
+        notes.append("ResNet stages always match their first blocks (they downsample).")
+    pins = [((config.pin_first and s == first) or family == "resnet", config.pin_last and s == last)
+            for s in range(len(depths_b))]
+    return pins, notes
 
 
 def compute_alignment(acts_a: list[list[torch.Tensor]], acts_b: list[list[torch.Tensor]], model_a: nn.Module,
@@ -192,9 +198,9 @@ def compute_alignment(acts_a: list[list[torch.Tensor]], acts_b: list[list[torch.
     flat_a = [a for stage in acts_a for a in stage]
     flat_b = [b for stage in acts_b for b in stage]
     full = cost_matrix(flat_a, flat_b, config.cost) if flat_a and flat_b else np.zeros((len(flat_a), len(flat_b)))
-    pin_first, pin_last, notes = stage_pins(model_a, config)
+    pins, notes = stage_pins(model_a.spec.family, [len(stage) for stage in acts_b], config)
     costs, optimal, row, col = [], [], 0, 0
-    for stage_a, stage_b in zip(acts_a, acts_b):
+    for stage_a, stage_b, (pin_first, pin_last) in zip(acts_a, acts_b, pins):
         m, n = len(stage_a), len(stage_b)
         if n > m:
             raise AlignmentError(f"Stage {len(costs)} of the deeper model has fewer layers ({m}) than the other's "
@@ -207,7 +213,7 @@ def compute_alignment(acts_a: list[list[torch.Tensor]], acts_b: list[list[torch.
         mappings = [list(m) for m in config.mapping]
         if len(mappings) != len(costs):
             raise AlignmentError(f"The matching gives {len(mappings)} stages but the models have {len(costs)}.")
-        for cost, mapping in zip(costs, mappings):
+        for cost, mapping, (pin_first, pin_last) in zip(costs, mappings, pins):
             validate_mapping(mapping, *cost.shape, pin_first=pin_first, pin_last=pin_last)
     return Alignment(costs, mappings, optimal, full, notes)
 

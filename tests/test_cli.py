@@ -1,0 +1,96 @@
+"""The CLI end to end, and its promise: user errors exit 2 with one sentence, never a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from clafusion_core.checkpoints import load_checkpoint, save_checkpoint
+from clafusion_core.cli import main
+from clafusion_core.models import build_model
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    paths = {}
+    for name, arch, seed in (("deep", "mlp:48-32-16", 0), ("shallow", "mlp:32-16", 1)):
+        paths[name] = folder / f"{name}.safetensors"
+        assert main(["train", "--arch", arch, "--epochs", "3", "--seed", str(seed), "--out", str(paths[name])]) == 0
+    return paths
+
+
+def test_train_writes_a_loadable_checkpoint(trained):
+    model, info = load_checkpoint(trained["deep"])
+    assert info.arch == "mlp:48-32-16" and info.dataset == "digits" and info.num_classes == 10
+
+
+def test_align_writes_cost_matrix_and_alignment(trained, tmp_path):
+    out = tmp_path / "align.json"
+    assert main(["align", str(trained["deep"]), str(trained["shallow"]), "--cost", "debiased_cka",
+                 "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert len(payload["cost_matrix"]) == 3 and len(payload["cost_matrix"][0]) == 2
+    assert payload["alignment"][0] == 0 and payload["alignment"][-1] == 2   # both ends pinned
+    assert payload["config"]["cost"] == "debiased_cka"
+
+
+def test_align_without_pins_can_move_the_ends(trained, tmp_path):
+    out = tmp_path / "align.json"
+    assert main(["align", str(trained["deep"]), str(trained["shallow"]), "--cost", "width",
+                 "--no-pin-first", "--no-pin-last", "--json", str(out)]) == 0
+    # width costs: |48-32|, |32-32|, |16-32| ... rows 1 and 2 match widths 32 and 16 exactly
+    assert json.loads(out.read_text())["alignment"] == [1, 2]
+
+
+def test_fuse_writes_result_and_a_model_the_cli_loads_again(trained, tmp_path):
+    result, fused = tmp_path / "result.json", tmp_path / "fused.safetensors"
+    args = ["fuse", str(trained["deep"]), str(trained["shallow"]), "--ground-metric", "weights",
+            "--solver", "sinkhorn", "--sinkhorn-reg", "0.05", "--finetune-epochs", "1", "--json", str(result),
+            "--out", str(fused)]
+    assert main(args) == 0
+    payload = json.loads(result.read_text())
+    assert payload["accuracy"]["fused_finetuned"] is not None
+    assert payload["config"]["solver"] == "sinkhorn" and payload["seed"] == 0
+    assert load_checkpoint(fused)[1].arch == payload["models"]["fused"]["arch"]
+    again = tmp_path / "again.json"
+    assert main(["align", str(fused), str(trained["shallow"]), "--json", str(again)]) == 0
+
+
+def test_demo_runs_the_default_pair(tmp_path, mlp_pair):
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["models"]["model_a"]["arch"] == "mlp:400-200-100-50-25"
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda p, t: ["train", "--arch", "transformer:12", "--epochs", "1", "--out", str(t / "x.safetensors")],
+     "Unknown architecture"),
+    (lambda p, t: ["align", str(t / "corrupt.safetensors"), str(p["shallow"])], "corrupt.safetensors"),
+    (lambda p, t: ["align", str(p["deep"]), str(p["shallow"]), "--dataset", "mnist", "--data-root", str(t)],
+     "train-images-idx3-ubyte"),
+    (lambda p, t: ["align", str(p["deep"]), str(t / "wrong_classes.safetensors")], "classes"),
+    (lambda p, t: ["fuse", str(p["deep"]), str(p["shallow"]), "--device", "cuda"], "CUDA"),
+])
+def test_user_errors_exit_2_with_one_sentence(trained, tmp_path, capsys, make_args, message):
+    if message == "CUDA" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    (tmp_path / "corrupt.safetensors").write_bytes(trained["shallow"].read_bytes()[:100])
+    save_checkpoint(build_model("mlp:16", (1, 8, 8), 5), tmp_path / "wrong_classes.safetensors", dataset="digits")
+    capsys.readouterr()
+    assert main(make_args(trained, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_module_entry_point_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    run = subprocess.run([sys.executable, "-m", "clafusion_core", "align", str(bad), str(bad)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr and "bad.pt" in run.stderr

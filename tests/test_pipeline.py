@@ -1,0 +1,122 @@
+"""End-to-end properties of the fusion pipeline on the trained demo pairs (digits)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from clafusion_core.errors import AlignmentError, CheckpointError
+from clafusion_core.layers import model_view
+from clafusion_core.models import build_model
+from clafusion_core.pipeline import FusionConfig, compute_activations, compute_alignment, probe_inputs, run_fusion
+
+
+def _no_timings(payload: dict) -> dict:
+    return {k: v for k, v in payload.items() if k != "timings_s"}
+
+
+def test_result_json_has_the_contract_keys(mlp_pair, digits):
+    payload = run_fusion(*mlp_pair, digits, FusionConfig()).to_json()
+    for key in ("cost_matrix", "alignment", "models", "accuracy", "timings_s", "config", "seed"):
+        assert key in payload
+    for key in ("model_a", "model_b", "balanced_b", "ensemble", "vanilla", "fused", "fused_finetuned"):
+        assert key in payload["accuracy"]
+    assert np.array(payload["cost_matrix"]).shape == (5, 3)      # rows = the deeper model
+    assert len(payload["alignment"]) == 3 and payload["alignment"] == sorted(set(payload["alignment"]))
+    assert payload["models"]["fused"]["depth"] == 5
+    assert payload["models"]["fused"]["widths"][-1] == 100       # the fused model takes B's widths
+    assert payload["accuracy"]["vanilla"] is None                # not applicable across shapes
+    json.dumps(payload)                                          # serialisable as is
+
+
+def test_balanced_b_scores_exactly_what_b_scores(mlp_pair, digits):
+    accuracy = run_fusion(*mlp_pair, digits, FusionConfig()).accuracy
+    assert accuracy["balanced_b"] == accuracy["model_b"]
+
+
+def test_same_seed_gives_identical_results(mlp_pair, digits):
+    config = FusionConfig(finetune_epochs=1, seed=3)
+    first = _no_timings(run_fusion(*mlp_pair, digits, config).to_json())
+    second = _no_timings(run_fusion(*mlp_pair, digits, config).to_json())
+    assert first == second
+
+
+def test_one_shot_fusion_beats_vanilla_averaging(same_shape_pair, digits):
+    accuracy = run_fusion(*same_shape_pair, digits, FusionConfig()).accuracy
+    assert accuracy["vanilla"] is not None
+    assert accuracy["fused"] > accuracy["vanilla"]
+
+
+def test_short_finetune_matches_the_better_parent(mlp_pair, digits):
+    """'Matches' = within one test image (1/359) of the better parent."""
+    result = run_fusion(*mlp_pair, digits, FusionConfig(finetune_epochs=5))
+    accuracy = result.accuracy
+    best_parent = max(accuracy["model_a"], accuracy["model_b"])
+    assert accuracy["fused_finetuned"] >= best_parent - 1 / len(digits.test) - 1e-9
+    assert accuracy["fused_finetuned"] > accuracy["fused"]        # finetuning did something
+    assert len(result.histories["fused"]) == 5
+
+
+def test_a_deeper_model_b_is_swapped_first(mlp_pair, digits):
+    model_a, model_b = mlp_pair
+    result = run_fusion(model_b, model_a, digits, FusionConfig())
+    assert result.swapped and "swapped" in result.to_json()["warnings"][0]
+    assert result.model_a is model_a
+
+
+def test_a_user_override_is_what_gets_fused(mlp_pair, digits):
+    override = ((0, 2, 4),)
+    result = run_fusion(*mlp_pair, digits, FusionConfig(mapping=override))
+    assert result.alignment.mappings == [[0, 2, 4]]
+    assert result.balanced.inserted == [(0, 1), (0, 3)]
+    assert result.alignment.total_cost >= result.alignment.optimal_cost - 1e-12
+
+
+@pytest.mark.parametrize("override", [((0, 0, 4),), ((1, 2, 4),), ((0, 2),), ((0, 2, 4), (1,))])
+def test_invalid_overrides_are_refused(mlp_pair, digits, override):
+    with pytest.raises(AlignmentError):
+        run_fusion(*mlp_pair, digits, FusionConfig(mapping=override))
+
+
+def test_changing_the_metric_changes_the_matrix_but_not_the_activations(mlp_pair, digits):
+    config = FusionConfig()
+    probe = probe_inputs(digits, config)
+    acts_a, acts_b = (compute_activations(m, probe, config) for m in mlp_pair)
+    matrices = {metric: compute_alignment(acts_a, acts_b, mlp_pair[0], FusionConfig(cost=metric)).full_cost
+                for metric in ("linear_cka", "width", "cca")}
+    assert not np.allclose(matrices["linear_cka"], matrices["width"])
+    assert not np.allclose(matrices["linear_cka"], matrices["cca"])
+
+
+def test_staged_models_pin_only_the_model_ends(digits):
+    """A CNN's first and last conv are pinned; stages in between align freely."""
+    model_a = build_model("vgg:8-8-M-16-16-M-32-32", digits.info.input_shape, 10)
+    model_b = build_model("vgg:8-M-16-M-32", digits.info.input_shape, 10)
+    config = FusionConfig(cost="width")
+    probe = probe_inputs(digits, config)
+    alignment = compute_alignment(compute_activations(model_a, probe, config),
+                                  compute_activations(model_b, probe, config), model_a, config)
+    assert alignment.mappings[0] == [0] and alignment.mappings[2] == [1]
+    result = run_fusion(model_a, model_b, digits, config)
+    assert result.balanced.exact
+    assert [len(s) for s in model_view(result.fused.model).stages] == [2, 2, 2, 0]
+
+
+def test_models_from_different_datasets_are_refused(digits):
+    with pytest.raises(CheckpointError, match="same dataset"):
+        run_fusion(build_model("mlp:10", (1, 8, 8), 10), build_model("mlp:10", (1, 8, 8), 5), digits)
+
+
+def test_different_families_are_refused(digits):
+    with pytest.raises(AlignmentError, match="family"):
+        run_fusion(build_model("mlp:10", (1, 8, 8), 10), build_model("vgg:8", (1, 8, 8), 10), digits)
+
+
+@pytest.mark.parametrize("balance", ["add", "merge"])
+def test_both_balancings_run_end_to_end(mlp_pair, digits, balance):
+    result = run_fusion(*mlp_pair, digits, FusionConfig(balance=balance))
+    depth = 5 if balance == "add" else 3
+    assert result.to_json()["models"]["fused"]["depth"] == depth
+    assert result.accuracy["fused"] > 0.5
+    if balance == "merge":
+        assert result.accuracy["balanced_a"] is not None
