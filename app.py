@@ -1,9 +1,8 @@
-"""CLAFusion Explorer — the Streamlit app's entry point and Home page.
+"""CLAFusion Explorer — Home: pick the two networks and the dataset, see both side by side.
 
-``python3 -m streamlit run app.py``. This script runs on every page: it sets the page up, keeps the
-session's choices alive (``app_support.state.init``), declares the navigation (Home + the three steps
-in ``pages/``) and runs the chosen page. Home is :func:`home` below: pick the two networks and the
-dataset, see both side by side.
+``python3 -m streamlit run app.py``; the three steps are the pages in ``pages/`` (Streamlit's multipage
+convention). Every page, this one included, starts with ``app_support.ui.setup_page`` (page config,
+session defaults, sidebar navigation), so each also works when opened directly.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from app_support import cached, state, ui, views  # noqa: E402
 from app_support.state import ModelRef, PairChoice  # noqa: E402
 from clafusion_core import data, plots, pipeline, zoo  # noqa: E402
 from clafusion_core.checkpoints import MAX_UPLOAD_BYTES  # noqa: E402
-from clafusion_core.devices import device_label  # noqa: E402
 
 SOURCES = {"demo": "Demo pair", "upload": "Upload checkpoints", "paths": "Local paths"}
 DATASET_LABELS = {"digits": "digits — built in, 8×8 (no files needed)", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
@@ -34,11 +32,11 @@ CHECKPOINT_TYPES = ["safetensors", "pt", "pth"]
 def _dataset_inputs() -> tuple[str, str | None]:
     """The dataset widgets for uploaded / local networks."""
     left, right = st.columns([1, 2])
-    left.selectbox("Dataset", data.DATASETS, format_func=DATASET_LABELS.get, key=state.DATASET,
+    left.selectbox("Dataset", data.DATASETS, format_func=DATASET_LABELS.get, key=state.DATASET, persist_state="session",
                    help="The dataset both networks were trained on: its test split gives the accuracies, its "
                         "validation split the probe batch.")
     dataset = st.session_state[state.DATASET]
-    right.text_input("Dataset folder", key=state.DATA_ROOT, disabled=dataset == "digits",
+    right.text_input("Dataset folder", key=state.DATA_ROOT, persist_state="session", disabled=dataset == "digits",
                      placeholder="not needed for digits" if dataset == "digits" else "e.g. ~/data",
                      help="A local folder in torchvision's layout (MNIST/raw, FashionMNIST/raw, "
                           "cifar-10-batches-py, cifar-100-python) or the four MNIST-style *-ubyte(.gz) files. "
@@ -48,7 +46,7 @@ def _dataset_inputs() -> tuple[str, str | None]:
 
 
 def _demo_candidate() -> PairChoice:
-    st.selectbox("Demo pair", list(zoo.DEMO_PAIRS), key=state.DEMO_KEY,
+    st.selectbox("Demo pair", list(zoo.DEMO_PAIRS), key=state.DEMO_KEY, persist_state="session",
                  format_func=lambda key: zoo.DEMO_PAIRS[key].title)
     pair = zoo.DEMO_PAIRS[st.session_state[state.DEMO_KEY]]
     st.caption(f"{pair.description} `{pair.arch_a}` vs `{pair.arch_b}`, trained on *{pair.dataset}*. "
@@ -64,7 +62,7 @@ def _upload_candidate() -> tuple[PairChoice | None, dict[str, bytes]]:
                                                              (state.ARCH_A, state.ARCH_B))):
         with column:
             file = st.file_uploader(f"Network {slot + 1}", type=CHECKPOINT_TYPES, key=upload_key)
-            st.text_input("Arch spec (only if it cannot be read from the file)", key=arch_key,
+            st.text_input("Arch spec (only if it cannot be read from the file)", key=arch_key, persist_state="session",
                           placeholder="e.g. mlp:400-200-100 or resnet18",
                           help="Needed only for .pt files whose layout is not recognised.")
             if file is not None:
@@ -85,9 +83,9 @@ def _paths_candidate() -> PairChoice | None:
     for slot, (column, path_key, arch_key) in enumerate(zip(st.columns(2), (state.PATH_A, state.PATH_B),
                                                            (state.ARCH_A, state.ARCH_B))):
         with column:
-            st.text_input(f"Network {slot + 1} — checkpoint path", key=path_key,
+            st.text_input(f"Network {slot + 1} — checkpoint path", key=path_key, persist_state="session",
                           placeholder="/path/to/model.safetensors")
-            st.text_input("Arch spec (only if it cannot be read from the file)", key=arch_key,
+            st.text_input("Arch spec (only if it cannot be read from the file)", key=arch_key, persist_state="session",
                           placeholder="e.g. mlp:400-200-100 or resnet18")
             path = st.session_state[path_key].strip()
             if path:
@@ -124,7 +122,7 @@ def _commit(candidate: PairChoice, uploaded: dict[str, bytes] | None = None) -> 
 
 def _model_card(title: str, ref: ModelRef, model, pair: PairChoice) -> None:
     description = pipeline.describe_model(model)
-    st.subheader(title)
+    st.markdown(f"#### {title}")
     st.caption(ref.name)
     c1, c2, c3 = st.columns(3)
     c1.metric("Depth", description["depth"], help="Alignable layers (hidden layers, conv layers or residual blocks).")
@@ -167,8 +165,8 @@ different depths, in different layers. **CLAFusion** fuses them in three steps:
    pairs up similar neurons before averaging the weights.
 3. **Finetune** — a few epochs of training recover most of what the one-shot fusion loses.
 """)
-    st.header("Choose the two networks")
-    st.radio("Where do the networks come from?", list(SOURCES), format_func=SOURCES.get, key=state.SOURCE_KIND,
+    st.subheader("Choose the two networks")
+    st.radio("Where do the networks come from?", list(SOURCES), format_func=SOURCES.get, key=state.SOURCE_KIND, persist_state="session",
              horizontal=True)
     kind = st.session_state[state.SOURCE_KIND]
     current, _ = state.choice()
@@ -186,9 +184,11 @@ different depths, in different layers. **CLAFusion** fuses them in three steps:
             _commit(candidate)
     pair, _ = state.choice()
     if kind != pair.kind:
-        st.caption(f"Until both networks are given, the app keeps using the {pair.label}.")
+        st.caption(f"The app keeps using the {pair.label} until both networks load.")
 
-    st.header("The pair in use")
+    ui.sidebar_summary()
+
+    st.subheader("The pair in use")
     st.markdown(f"**{pair.label[0].upper() + pair.label[1:]}** on *{pair.dataset}*")
     _show_pair(pair)
     st.page_link("pages/1_Alignment.py", label="Next: 1 · Alignment — match the layers", icon=":material/arrow_forward:")
@@ -196,25 +196,5 @@ different depths, in different layers. **CLAFusion** fuses them in three steps:
 
 # ----------------------------------------------------------------------------------------- the app
 
-def main() -> None:
-    st.set_page_config(page_title="CLAFusion Explorer", page_icon=":material/merge:", layout="wide",
-                       initial_sidebar_state="expanded")
-    state.init()
-    navigation = st.navigation([
-        st.Page(home, title="Home", icon=":material/home:", default=True),
-        st.Page("pages/1_Alignment.py", title="1 · Alignment", icon=":material/grid_on:"),
-        st.Page("pages/2_Fusion.py", title="2 · Fusion", icon=":material/merge:"),
-        st.Page("pages/3_Finetune.py", title="3 · Finetune", icon=":material/trending_up:"),
-    ])
-    summary = st.sidebar.container()
-    try:
-        navigation.run()
-    finally:  # after the page, so a pair chosen on this run shows already
-        with summary:
-            pair, fell_back = state.choice()
-            st.caption("In use" + (" — the default, until you choose" if fell_back else ""))
-            st.markdown(f"{pair.label[0].upper() + pair.label[1:]} · *{pair.dataset}*")
-            st.caption(f"Compute: {device_label()}")
-
-
-main()
+ui.setup_page("Home")
+home()

@@ -61,13 +61,16 @@ def demo_pair(key: str) -> tuple[nn.Module, nn.Module]:
     store = _demo_store()
     if key not in store:
         with _TRAINING:
+            if key not in store and zoo.is_cached(key):
+                store[key] = zoo.load_demo_pair(key)  # on disk: instant, no status box
             if key not in store:
                 pair = zoo.DEMO_PAIRS[key]
-                with st.status(f"Loading the demo pair “{pair.title}” — trained once on first use, then read "
-                               "from the disk cache…", expanded=True) as status:
+                slot = st.empty()  # the status disappears once the pair is there
+                with slot.status(f"Loading the demo pair “{pair.title}” — trained once on first use (seconds to "
+                                 "a minute), then read from the disk cache…", expanded=True):
                     bar = st.progress(0.0, text="starting")
                     store[key] = zoo.load_demo_pair(key, progress=ui.progress_callback(bar))
-                    status.update(label=f"Demo pair “{pair.title}” ready", state="complete", expanded=False)
+                slot.empty()
     return store[key]
 
 

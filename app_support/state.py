@@ -2,9 +2,10 @@
 
 Two kinds of keys:
 
-* **widget keys** (:data:`WIDGET_DEFAULTS`) — the value of a widget of that key. Streamlit deletes a
-  widget's state when a page without that widget runs, so :func:`init` (called by ``app.py`` on every
-  run, before any page) re-assigns them, which keeps every choice across pages;
+* **widget keys** (:data:`WIDGET_DEFAULTS`) — the value of a widget of that key. :func:`init` (called by
+  ``app.py`` on every run, before any page) gives each its default once, so every page can read every
+  choice even before the page owning the widget was opened; the widgets use
+  ``persist_state="session"``, so a value survives visits to pages that do not show the widget;
 * **plain keys** — objects the pages store: the chosen pair (:class:`PairChoice`), the bytes of the
   uploaded checkpoints, the what-if matching and the last fusion result.
 
@@ -114,11 +115,9 @@ def demo_choice(key: str = zoo.DEFAULT_PAIR) -> PairChoice:
 
 
 def init() -> None:
-    """Set every widget's default once and keep widget values alive across pages (call first, every run)."""
+    """Give every widget key its default the first time (call first, on every run)."""
     for key, default in WIDGET_DEFAULTS.items():
-        if key in st.session_state:
-            st.session_state[key] = st.session_state[key]
-        else:
+        if key not in st.session_state:
             st.session_state[key] = default
 
 
@@ -178,6 +177,13 @@ def set_override(pair: PairChoice, mapping: list[list[int]] | tuple | None, *, f
 
 def override_rev() -> int:
     return st.session_state.get(OVERRIDE_REV, 0)
+
+
+def same_fusion(a: FusionConfig, b: FusionConfig) -> bool:
+    """Whether two configs fuse the same way (finetuning settings aside)."""
+    finetune = dict(finetune_epochs=0, finetune_lr=_DEFAULT.finetune_lr, optimizer=_DEFAULT.optimizer,
+                    finetune_parents=False)
+    return replace(a, **finetune) == replace(b, **finetune)
 
 
 def result(pair: PairChoice) -> FusionResult | None:

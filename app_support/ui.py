@@ -11,9 +11,41 @@ import streamlit as st
 
 from clafusion_core.errors import FusionError
 
+from clafusion_core.devices import device_label
+
+from . import state
 from .state import PairChoice
 
 LOG = logging.getLogger("clafusion_app")
+
+PAGES = [("app.py", "Home", ":material/home:"),
+         ("pages/1_Alignment.py", "1 · Alignment", ":material/grid_on:"),
+         ("pages/2_Fusion.py", "2 · Fusion", ":material/merge:"),
+         ("pages/3_Finetune.py", "3 · Finetune", ":material/trending_up:")]
+
+
+def setup_page(title: str) -> None:
+    """First call of every page (and Home): page config, the session's defaults, the sidebar navigation.
+
+    Every page does this itself, so a page opened directly (a bookmark, a fresh session) works on its own.
+    """
+    st.set_page_config(page_title=f"{title} · CLAFusion Explorer", page_icon=":material/merge:", layout="wide",
+                       initial_sidebar_state="expanded")
+    state.init()
+    with st.sidebar:
+        st.markdown("### CLAFusion Explorer")
+        for path, label, icon in PAGES:
+            st.page_link(path, label=label, icon=icon)
+        st.divider()
+
+
+def sidebar_summary() -> None:
+    """The pair in use and the compute device, at the bottom of the sidebar."""
+    pair, fell_back = state.choice()
+    with st.sidebar:
+        st.caption("In use" + (" — the default, until you choose on Home" if fell_back else ""))
+        st.markdown(f"{pair.label[0].upper() + pair.label[1:]} · *{pair.dataset}*")
+        st.caption(f"Compute: {device_label()}")
 
 
 def page_header(step: int | None, title: str, caption: str) -> None:
@@ -30,9 +62,10 @@ def explain(title: str, body: str) -> None:
 def pair_note(pair: PairChoice, fell_back: bool) -> None:
     """Say which pair the page works on; a page opened first (bookmark, fresh session) says it uses
     the default demo pair."""
+    sidebar_summary()
     if fell_back:
-        st.info(f"No networks were chosen yet, so this page uses the default demo pair: {pair.label} on "
-                f"*{pair.dataset}*. Choose other networks on the Home page.", icon=":material/info:")
+        st.info(f"No networks were chosen yet, so this page uses the default {pair.label} on *{pair.dataset}*. "
+                "Choose other networks on the Home page.", icon=":material/info:")
 
 
 @contextmanager
@@ -74,6 +107,15 @@ def chart(fig: go.Figure, **kwargs):
     kwargs.setdefault("theme", None)
     kwargs.setdefault("config", {"displaylogo": False})
     return st.plotly_chart(fig, width="stretch", **kwargs)
+
+
+def accuracy_axis(fig: go.Figure, values: list[float]) -> go.Figure:
+    """Show a curve of accuracies (fractions) as percentages on a range around them (not 0..1.5)."""
+    if values:
+        low, high = min(values), max(values)
+        pad = max(0.01, 0.15 * (high - low))
+        fig.update_yaxes(tickformat=".1%", range=[max(0.0, low - pad), min(1.0, high + pad) + 0.002])
+    return fig
 
 
 def percent(value: float | None) -> str:

@@ -25,6 +25,10 @@ ACCURACY_LABELS = {
     "model_b_finetuned": "B + finetuned",
 }
 
+#: Short metric names for the six small multiples of the metric comparison (full names: METRIC_LABELS).
+SHORT_METRIC_LABELS = {"linear_cka": "linear CKA", "debiased_cka": "debiased CKA", "rbf_cka": "RBF CKA",
+                       "cca": "CCA", "wasserstein": "Wasserstein", "width": "width"}
+
 
 def unit_names(model: nn.Module) -> list[str]:
     return [u.name for u in model_view(model).units]
@@ -45,18 +49,6 @@ def stage_widths(model: nn.Module) -> list[list[int]]:
 def widths_text(model: nn.Module) -> str:
     """``400 → 200 → 100`` per stage, stages separated by `` | ``."""
     return "  |  ".join(" → ".join(str(w) for w in stage) for stage in stage_widths(model) if stage)
-
-
-def locate_cell(alignment: Alignment, row: int, col: int) -> tuple[int, int, int] | None:
-    """(stage, row within the stage, column within the stage) of a whole-model cost cell, or None when
-    the cell pairs units of different stages (such a pair can never be matched)."""
-    row0 = col0 = 0
-    for stage, cost in enumerate(alignment.costs):
-        m, n = cost.shape
-        if row0 <= row < row0 + m and col0 <= col < col0 + n:
-            return stage, row - row0, col - col0
-        row0, col0 = row0 + m, col0 + n
-    return None
 
 
 def pairs_table(alignment: Alignment, model_a: nn.Module, model_b: nn.Module,

@@ -98,6 +98,17 @@ class Alignment:
     def optimal_cost(self) -> float:
         return float(sum(alignment_cost(c, m) for c, m in zip(self.costs, self.optimal)))
 
+    def locate_cell(self, row: int, col: int) -> tuple[int, int, int] | None:
+        """(stage, row within the stage, column within the stage) of a whole-model cost cell, or None
+        when the cell pairs units of different stages (such a pair can never be matched)."""
+        row0 = col0 = 0
+        for stage, cost in enumerate(self.costs):
+            m, n = cost.shape
+            if row0 <= row < row0 + m and col0 <= col < col0 + n:
+                return stage, row - row0, col - col0
+            row0, col0 = row0 + m, col0 + n
+        return None
+
     def global_mapping(self, mappings: list[list[int]] | None = None) -> list[int]:
         """The matching as indices into all of A's units, for each of B's units in order."""
         offset, result = 0, []
@@ -302,7 +313,10 @@ def _bn_reset(model: nn.Module, splits: DataSplits, config: FusionConfig, device
 def finetune_result(result: FusionResult, splits: DataSplits, *, epochs: int | None = None, lr: float | None = None,
                     optimizer: str | None = None, parents: bool | None = None, progress: Progress | None = None,
                     on_epoch: Callable[[str, int, float], None] | None = None) -> FusionResult:
-    """Finetune the fused model (and, as the fair baseline, the parents for the same epochs) in place."""
+    """Finetune the fused model (and, as the fair baseline, the parents for the same epochs) in place.
+
+    ``histories[name]`` holds the validation accuracy after 0 (the start), 1, ..., E epochs.
+    """
     config = replace(result.config, **{k: v for k, v in (("finetune_epochs", epochs), ("finetune_lr", lr),
                                                           ("optimizer", optimizer), ("finetune_parents", parents))
                                        if v is not None})
@@ -313,6 +327,9 @@ def finetune_result(result: FusionResult, splits: DataSplits, *, epochs: int | N
     runs = [("fused", result.fused.model)]
     if config.finetune_parents:
         runs += [("model_a", result.model_a), ("model_b", result.model_b)]
+    for name in ("model_a", "model_b"):  # no stale numbers from an earlier call
+        result.accuracy.pop(f"{name}_finetuned", None)
+        result.histories.pop(name, None)
     report = progress or (lambda fraction, message: None)
     with _timed(result.timings_s, "finetune"):
         for index, (name, model) in enumerate(runs):

@@ -346,10 +346,10 @@ def accuracy_bars(accuracies: dict[str, float | None], *, title: str = "Test acc
 
 def training_curves(histories: dict[str, list[float]], *, title: str = "Validation accuracy per epoch",
                     y_title: str = "accuracy") -> go.Figure:
-    """One line with markers per run; x is the epoch, counted from 1."""
+    """One line with markers per run; x is the number of epochs trained (0 = the starting model)."""
     fig = go.Figure()
     for name, values in histories.items():
-        fig.add_trace(go.Scatter(x=list(range(1, len(values) + 1)), y=list(values), mode="lines+markers",
+        fig.add_trace(go.Scatter(x=list(range(len(values))), y=list(values), mode="lines+markers",
                                  name=name, hovertemplate=f"{name}<br>epoch %{{x}}: %{{y:.4g}}<extra></extra>"))
     fig.update_layout(template=TEMPLATE, title=_title(title), height=360, margin=MARGIN,
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
@@ -517,7 +517,7 @@ def architecture_diagram(stages_a: list[list[int]], stages_b: list[list[int]], *
     # lines from the bottom of each matched A box to the top of the B box under it
     line_x, line_y = [], []
     for b in b_boxes:
-        if b.position is not None:
+        if b.position is not None and b.kind == "unit":  # identity units stand in for nothing
             a_width = stages_a[b.stage][b.position]
             line_x += [xs_a[b.stage][b.position], b.x, None]
             line_y += [y_a - _box_height(a_width, widest) / 2, y_b + _box_height(b.width, widest) / 2, None]
@@ -531,7 +531,8 @@ def architecture_diagram(stages_a: list[list[int]], stages_b: list[list[int]], *
     fig.add_trace(go.Scatter(
         x=[b.x for b in a_boxes + b_boxes], y=[y_a] * len(a_boxes) + [y_b] * len(b_boxes), mode="text",
         text=["id" if b.kind == "id" else str(b.width) for b in a_boxes + b_boxes], name="widths",
-        textfont=dict(size=11, color="#111"), hoverinfo="skip", showlegend=False,
+        textfont=dict(size=11, color=["#111" if b.kind == "id" else "white" for b in a_boxes + b_boxes]),
+        hoverinfo="skip", showlegend=False,
     ))
     if len(stages_a) > 1:
         for s, xs in enumerate(xs_a):

@@ -36,9 +36,9 @@ class TrainConfig:
 
 @dataclass
 class History:
-    train_loss: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
-    best_epoch: int = 0         # 1-based epoch whose weights were kept
+    train_loss: list[float] = field(default_factory=list)      # epochs 1..E
+    val_accuracy: list[float] = field(default_factory=list)    # after 0 (the start), 1, ..., E epochs
+    best_epoch: int = 0         # epoch whose weights were kept (0: the starting weights)
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -71,7 +71,11 @@ def evaluate(model: nn.Module, dataset: TensorDataset, device: torch.device | st
 def train_model(model: nn.Module, train: TensorDataset, val: TensorDataset, config: TrainConfig,
                 device: torch.device | str = "cpu", progress: Progress | None = None,
                 on_epoch: Callable[[int, float], None] | None = None) -> History:
-    """Train in place with cross-entropy; report progress per batch and validation accuracy per epoch."""
+    """Train in place with cross-entropy; report progress per batch and validation accuracy per epoch.
+
+    With ``select_best`` the weights of the best validation epoch are kept, the starting weights
+    (epoch 0) included, so finetuning never returns a model worse on validation than it was given.
+    """
     if config.epochs < 0:
         raise FusionError("The number of epochs must be 0 or more.")
     torch.manual_seed(config.seed)
@@ -79,8 +83,10 @@ def train_model(model: nn.Module, train: TensorDataset, val: TensorDataset, conf
     optimizer = _optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator)
-    history = History()
-    best_state, best_accuracy = None, -1.0
+    history = History(val_accuracy=[evaluate(model, val, device)])
+    if on_epoch:
+        on_epoch(0, history.val_accuracy[0])
+    best_state, best_accuracy = copy.deepcopy(model.state_dict()), history.val_accuracy[0]
     steps = max(1, config.epochs * len(loader))
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -102,7 +108,7 @@ def train_model(model: nn.Module, train: TensorDataset, val: TensorDataset, conf
         if config.select_best and accuracy > best_accuracy:
             best_accuracy, best_state = accuracy, copy.deepcopy(model.state_dict())
             history.best_epoch = epoch
-    if config.select_best and best_state is not None:
+    if config.select_best:
         model.load_state_dict(best_state)
     else:
         history.best_epoch = config.epochs

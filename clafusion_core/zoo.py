@@ -92,6 +92,13 @@ def trained_model(arch: str, seed: int, dataset: str = "digits", training: Train
     return model
 
 
+def is_cached(key: str) -> bool:
+    """Whether both models of a demo pair are already trained and on disk (loading is then instant)."""
+    pair = DEMO_PAIRS[key]
+    return all(_cache_path(arch, seed, pair.dataset, pair.training).exists()
+               for arch, seed in ((pair.arch_a, pair.seed_a), (pair.arch_b, pair.seed_b)))
+
+
 def load_demo_pair(key: str = DEFAULT_PAIR, progress: Progress | None = None) -> tuple[nn.Module, nn.Module]:
     """The two trained models of a demo pair (model A first)."""
     if key not in DEMO_PAIRS:

@@ -12,6 +12,7 @@ from clafusion_core.similarity import METRIC_LABELS, METRICS
 
 PENDING_CLICK = "alignment_pending_click"
 
+ui.setup_page("1 · Alignment")
 ui.page_header(1, "Alignment", "Which layer of the deeper network A does each layer of the shallower network B "
                                "correspond to?")
 ui.explain("The cost matrix and the dynamic programme", r"""
@@ -41,17 +42,17 @@ conv = model_a.spec.family != "mlp"
 
 # ------------------------------------------------------------------------------------------- controls
 cols = st.columns([2.2, 1.1, 1.4, 1.4] + ([1.4] if conv else []))
-cols[0].selectbox("Cost metric", METRICS, format_func=METRIC_LABELS.get, key=state.COST,
+cols[0].selectbox("Cost metric", METRICS, format_func=METRIC_LABELS.get, key=state.COST, persist_state="session",
                   help="How the dissimilarity of two layers is measured (lower = more similar).")
-cols[1].number_input("Probe size", min_value=10, max_value=5000, step=50, key=state.PROBE_SIZE,
+cols[1].number_input("Probe size", min_value=10, max_value=5000, step=50, key=state.PROBE_SIZE, persist_state="session",
                      help="Held-out images both networks see; the activations on them are compared.")
-cols[2].radio("Activations", ["post", "pre"], key=state.ACTIVATION, horizontal=True,
+cols[2].radio("Activations", ["post", "pre"], key=state.ACTIVATION, persist_state="session", horizontal=True,
               format_func={"post": "after ReLU", "pre": "before ReLU"}.get)
 with cols[3]:
-    st.checkbox("Pin the first layers", key=state.PIN_FIRST, help="Match the first layers to each other.")
-    st.checkbox("Pin the last layers", key=state.PIN_LAST, help="Match the last hidden layers to each other.")
+    st.checkbox("Pin the first layers", key=state.PIN_FIRST, persist_state="session", help="Match the first layers to each other.")
+    st.checkbox("Pin the last layers", key=state.PIN_LAST, persist_state="session", help="Match the last hidden layers to each other.")
 if conv:
-    cols[4].radio("Conv features", ["pool", "flatten"], key=state.CONV_FEATURES, horizontal=True,
+    cols[4].radio("Conv features", ["pool", "flatten"], key=state.CONV_FEATURES, persist_state="session", horizontal=True,
                   format_func={"pool": "average", "flatten": "flatten"}.get,
                   help="Average each channel over space, or keep every position as a feature.")
 
@@ -82,7 +83,7 @@ def _reset() -> None:
 
 click = st.session_state.pop(PENDING_CLICK, None)
 if click is not None:
-    where = views.locate_cell(dp, *click)
+    where = dp.locate_cell(*click)
     if where is None:
         st.warning("That cell pairs layers of different stages, which can never be matched; pick a cell "
                    "inside one of the diagonal blocks.")
@@ -130,18 +131,17 @@ with whatif_col:
                "layer order (strictly increasing) and respect the pinned ends.")
     current = override if override is not None else dp.optimal
     stages_a, stages_b = views.stage_units(model_a), views.stage_units(model_b)
+    staged = sum(1 for units in stages_b if units) > 1
+    slots = [(stage, j, name, units_a) for stage, (units_a, units_b) in enumerate(zip(stages_a, stages_b))
+             for j, name in enumerate(units_b)]
     rev = state.override_rev()
-    for stage, (units_a, units_b) in enumerate(zip(stages_a, stages_b)):
-        if not units_b:
-            continue
-        if len(stages_b) > 1:
-            st.markdown(f"**Stage {stage}**")
-        pickers = st.columns(min(len(units_b), 4))
-        for j, name in enumerate(units_b):
+    per_row = max(1, min(len(slots), 4))
+    for start in range(0, len(slots), per_row):
+        for column, (stage, j, name, units_a) in zip(st.columns(per_row), slots[start:start + per_row]):
             key = f"whatif_{rev}_{stage}_{j}"
-            pickers[j % len(pickers)].selectbox(
-                f"partner of B {name}", range(len(units_a)), index=int(current[stage][j]), key=key,
-                format_func=units_a.__getitem__, on_change=_on_pick, args=(current, stage, j, key))
+            column.selectbox(f"partner of B {name}" + (f" (stage {stage})" if staged else ""), range(len(units_a)),
+                             index=int(current[stage][j]), key=key, format_func=units_a.__getitem__,
+                             on_change=_on_pick, args=(current, stage, j, key))
     if override is None:
         st.info("Using the DP alignment, the optimum for this metric. Change a partner to try another matching.",
                 icon=":material/info:")
@@ -159,7 +159,7 @@ with whatif_col:
 
 # ---------------------------------------------------------------------------------- compare metrics
 st.subheader("Compare metrics")
-st.toggle("Show every metric side by side", key=state.COMPARE,
+st.toggle("Show every metric side by side", key=state.COMPARE, persist_state="session",
           help="Computes the cost matrix of every metric (each is cached; the activations are shared).")
 if st.session_state[state.COMPARE]:
     order = [config.cost] + [m for m in METRICS if m != config.cost]
@@ -175,7 +175,7 @@ if st.session_state[state.COMPARE]:
     if alignments:
         fig = plots.metric_comparison({m: a.full_cost for m, a in alignments.items()},
                                       {m: a.global_mapping(a.optimal) for m, a in alignments.items()},
-                                      names_a, names_b, labels=METRIC_LABELS)
+                                      names_a, names_b, labels=views.SHORT_METRIC_LABELS)
         ui.chart(fig, key="metric_comparison")
         reference = alignments[order[0]].global_mapping(alignments[order[0]].optimal) if order[0] in alignments else None
         rows = [{"metric": METRIC_LABELS[m],

@@ -15,6 +15,7 @@ GROUND_LABELS = {"activations": "activations", "weights": "weights"}
 SOLVER_LABELS = {"emd": "exact (EMD)", "sinkhorn": "Sinkhorn (entropic)"}
 DEVICE_LABELS = {"auto": "auto", "cpu": "CPU", "cuda": "CUDA"}
 
+ui.setup_page("2 · Fusion")
 ui.page_header(2, "Fusion", "Make the two networks equally deep, then fuse them layer by layer with optimal transport.")
 ui.explain("Identity layers and transport plans", r"""
 **Balancing.** Layer-wise fusion needs two networks of equal depth. With **add**, B gets an *identity layer*
@@ -48,23 +49,23 @@ if st.session_state[state.BALANCE] not in balance_options:
     st.session_state[state.BALANCE] = "add"
 left, middle, right = st.columns(3, gap="large")
 with left:
-    st.radio("Balancing", balance_options, format_func=BALANCE_LABELS.get, key=state.BALANCE,
+    st.radio("Balancing", balance_options, format_func=BALANCE_LABELS.get, key=state.BALANCE, persist_state="session",
              help="How the two depths are made equal." + ("" if is_mlp else " Merging is available for MLPs only."))
-    st.radio("Ground metric", GROUND_METRICS, format_func=GROUND_LABELS.get, key=state.GROUND_METRIC, horizontal=True,
+    st.radio("Ground metric", GROUND_METRICS, format_func=GROUND_LABELS.get, key=state.GROUND_METRIC, persist_state="session", horizontal=True,
              help="The distance between two neurons: of their activations on the probe batch, or of their weights.")
 with middle:
-    st.radio("Transport solver", SOLVERS, format_func=SOLVER_LABELS.get, key=state.SOLVER, horizontal=True)
-    st.select_slider("Sinkhorn regularisation", SINKHORN_REGS, key=state.SINKHORN_REG,
+    st.radio("Transport solver", SOLVERS, format_func=SOLVER_LABELS.get, key=state.SOLVER, persist_state="session", horizontal=True)
+    st.select_slider("Sinkhorn regularisation", SINKHORN_REGS, key=state.SINKHORN_REG, persist_state="session",
                      disabled=st.session_state[state.SOLVER] != "sinkhorn",
                      help="Relative to the normalised cost: larger = smoother, less permutation-like plans.")
-    st.slider("Fusion weight s (share of B)", 0.0, 1.0, step=0.05, key=state.FUSION_WEIGHT,
+    st.slider("Fusion weight s (share of B)", 0.0, 1.0, step=0.05, key=state.FUSION_WEIGHT, persist_state="session",
               help="W = (1 − s)·aligned A + s·B; s = 0 gives the aligned A, s = 1 gives B.")
 with right:
-    st.radio("Device", DEVICES, format_func=DEVICE_LABELS.get, key=state.DEVICE, horizontal=True,
+    st.radio("Device", DEVICES, format_func=DEVICE_LABELS.get, key=state.DEVICE, persist_state="session", horizontal=True,
              help="auto = CUDA when present.")
     st.caption(f"{'✅' if cuda_available() else '—'} {device_label()}")
-    st.toggle("Statistics repair", key=state.REPAIR, help="Rescale fused neurons to their parents' statistics.")
-    st.toggle("Reset BatchNorm statistics", key=state.BN_RESET, help="Recompute BatchNorm running statistics "
+    st.toggle("Statistics repair", key=state.REPAIR, persist_state="session", help="Rescale fused neurons to their parents' statistics.")
+    st.toggle("Reset BatchNorm statistics", key=state.BN_RESET, persist_state="session", help="Recompute BatchNorm running statistics "
                                                                      "of the fused model on training data.")
 
 config = state.fusion_config(pair)
@@ -94,7 +95,7 @@ if fusion is None:
     st.info("Choose the options and press **Run fusion**. On the demo pairs it takes a few seconds.",
             icon=":material/info:")
     st.stop()
-if fusion.config != config:
+if not state.same_fusion(fusion.config, config):
     st.caption("The results below come from an earlier run with other settings; press **Run fusion** to update them.")
 
 acc = fusion.accuracy
@@ -141,7 +142,7 @@ if plans:
     groups = list(plans)
     if st.session_state.get(state.PLAN_GROUP) not in groups:
         st.session_state[state.PLAN_GROUP] = groups[0]
-    st.selectbox("Layer", groups, key=state.PLAN_GROUP,
+    st.selectbox("Layer", groups, key=state.PLAN_GROUP, persist_state="session",
                  format_func=lambda g: views.plan_label(g, plans[g].shape))
     group = st.session_state[state.PLAN_GROUP]
     ui.chart(plots.transport_plan_heatmap(plans[group], title=group), key="fusion_plan")

@@ -13,6 +13,7 @@ LEARNING_RATES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
 OPTIMIZER_LABELS = {"sgd": "SGD (momentum 0.9)", "adam": "Adam"}
 RUN_NAMES = {"fused": "fused", "model_a": "model A", "model_b": "model B"}
 
+ui.setup_page("3 · Finetune")
 ui.page_header(3, "Finetune", "A few epochs of training recover most of what the one-shot fusion lost.")
 ui.explain("Why finetune, and what is a fair comparison?", """
 The one-shot fused model starts from a good point — its neurons are aligned and averaged — but averaging is
@@ -48,24 +49,27 @@ if fusion is None:
 
 # ------------------------------------------------------------------------------------------- controls
 left, middle, right = st.columns(3, gap="large")
-left.number_input("Epochs", min_value=1, max_value=200, step=1, key=state.FT_EPOCHS)
-middle.select_slider("Learning rate", LEARNING_RATES, key=state.FT_LR)
-right.radio("Optimiser", OPTIMIZERS, format_func=OPTIMIZER_LABELS.get, key=state.FT_OPTIMIZER, horizontal=True)
+left.number_input("Epochs", min_value=1, max_value=200, step=1, key=state.FT_EPOCHS, persist_state="session")
+middle.select_slider("Learning rate", LEARNING_RATES, key=state.FT_LR, persist_state="session")
+right.radio("Optimiser", OPTIMIZERS, format_func=OPTIMIZER_LABELS.get, key=state.FT_OPTIMIZER, persist_state="session", horizontal=True)
 st.checkbox("Also finetune the parents for the same epochs (the fair baseline; three times the time)",
-            key=state.FT_PARENTS)
+            key=state.FT_PARENTS, persist_state="session")
 
-live = st.empty()
 if st.button("Finetune", type="primary", icon=":material/play_arrow:"):
     bar = st.progress(0.0, text="finetuning")
+    live = st.empty()
     curves: dict[str, list[float]] = {}
 
     def on_epoch(name: str, epoch: int, accuracy: float) -> None:
         curves.setdefault(RUN_NAMES.get(name, name), []).append(accuracy)
-        live.plotly_chart(plots.training_curves(curves, title="Validation accuracy — live"), width="stretch",
-                          theme=None, key=f"live_curve_{sum(map(len, curves.values()))}")
+        figure = plots.training_curves(curves, title="Validation accuracy — live")
+        ui.accuracy_axis(figure, [v for run in curves.values() for v in run])
+        figure.update_xaxes(range=[-0.5, epochs + 0.5])
+        live.plotly_chart(figure, width="stretch", theme=None, key=f"live_curve_{sum(map(len, curves.values()))}")
 
+    epochs = int(st.session_state[state.FT_EPOCHS])
     with ui.user_errors():
-        pipeline.finetune_result(fusion, splits, epochs=int(st.session_state[state.FT_EPOCHS]),
+        pipeline.finetune_result(fusion, splits, epochs=epochs,
                                  lr=float(st.session_state[state.FT_LR]),
                                  optimizer=st.session_state[state.FT_OPTIMIZER],
                                  parents=bool(st.session_state[state.FT_PARENTS]),
@@ -78,36 +82,41 @@ if st.button("Finetune", type="primary", icon=":material/play_arrow:"):
 acc = fusion.accuracy
 tuned = fusion.fused_finetuned is not None
 parents_tuned = tuned and fusion.config.finetune_parents and acc.get("model_a_finetuned") is not None
-if not tuned:
-    st.info("Choose the epochs and press **Finetune**: the validation curve is drawn live, epoch by epoch.",
-            icon=":material/info:")
-else:
-    m = st.columns(4)
+m = st.columns(4)
+if tuned:
     m[0].metric("Fused + finetuned", ui.percent(acc["fused_finetuned"]),
                 delta=f"{100 * (acc['fused_finetuned'] - acc['fused']):+.1f} pp vs one-shot")
-    m[1].metric("Fused (one-shot)", ui.percent(acc["fused"]))
-    if parents_tuned:
-        m[2].metric("A + finetuned", ui.percent(acc["model_a_finetuned"]),
-                    delta=f"{100 * (acc['model_a_finetuned'] - acc['model_a']):+.1f} pp")
-        m[3].metric("B + finetuned", ui.percent(acc["model_b_finetuned"]),
-                    delta=f"{100 * (acc['model_b_finetuned'] - acc['model_b']):+.1f} pp")
-    else:
-        m[2].metric("Model A", ui.percent(acc["model_a"]))
-        m[3].metric("Model B", ui.percent(acc["model_b"]))
+else:
+    m[0].metric("Fused + finetuned", "—", help="Press Finetune.")
+m[1].metric("Fused (one-shot)", ui.percent(acc["fused"]))
+if parents_tuned:
+    m[2].metric("A + finetuned", ui.percent(acc["model_a_finetuned"]),
+                delta=f"{100 * (acc['model_a_finetuned'] - acc['model_a']):+.1f} pp")
+    m[3].metric("B + finetuned", ui.percent(acc["model_b_finetuned"]),
+                delta=f"{100 * (acc['model_b_finetuned'] - acc['model_b']):+.1f} pp")
+else:
+    m[2].metric("Model A", ui.percent(acc["model_a"]))
+    m[3].metric("Model B", ui.percent(acc["model_b"]))
+if tuned:
     st.caption(f"{fusion.config.finetune_epochs} epoch(s), learning rate {fusion.config.finetune_lr}, "
                f"{OPTIMIZER_LABELS[fusion.config.optimizer]}; the best validation epoch is kept.")
-    left, right = st.columns(2, gap="large")
-    with left:
-        keys = ["model_a", "model_b"] + (["model_a_finetuned", "model_b_finetuned"] if parents_tuned else []) \
-            + ["fused", "fused_finetuned"]
-        ui.chart(plots.accuracy_bars(views.accuracy_view(fusion, keys), title="Test accuracy, before and after"),
-                 key="finetune_accuracy")
-    with right:
-        histories = {RUN_NAMES.get(k, k): v for k, v in fusion.histories.items()
-                     if k == "fused" or parents_tuned}
-        ui.chart(plots.training_curves(histories), key="finetune_curves")
-    st.caption("Left: test accuracy of the parents and the fused model, before and after finetuning. Right: "
-               "validation accuracy after each epoch.")
+else:
+    st.info("Choose the epochs and press **Finetune**: the validation curve is drawn live, epoch by epoch.",
+            icon=":material/info:")
+
+left, right = st.columns(2, gap="large")
+with left:
+    keys = ["model_a", "model_b"] + (["model_a_finetuned", "model_b_finetuned"] if parents_tuned else []) \
+        + ["fused"] + (["fused_finetuned"] if tuned else [])
+    ui.chart(plots.accuracy_bars(views.accuracy_view(fusion, keys),
+                                 title="Test accuracy, before and after" if tuned else "Test accuracy before finetuning"),
+             key="finetune_accuracy")
+with right:
+    if tuned:
+        histories = {RUN_NAMES.get(k, k): v for k, v in fusion.histories.items() if k == "fused" or parents_tuned}
+        figure = plots.training_curves(histories)
+        ui.chart(ui.accuracy_axis(figure, [v for run in histories.values() for v in run]), key="finetune_curves")
+        st.caption("Validation accuracy after each epoch (the test split is only used for the final numbers).")
 
 # ------------------------------------------------------------------------------------------- download
 st.subheader("Download")

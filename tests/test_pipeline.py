@@ -54,7 +54,7 @@ def test_short_finetune_matches_the_better_parent(mlp_pair, digits):
     best_parent = max(accuracy["model_a"], accuracy["model_b"])
     assert accuracy["fused_finetuned"] >= best_parent - 1 / len(digits.test) - 1e-9
     assert accuracy["fused_finetuned"] > accuracy["fused"]        # finetuning did something
-    assert len(result.histories["fused"]) == 5
+    assert len(result.histories["fused"]) == 6                   # epoch 0 (the start) to 5
 
 
 def test_a_deeper_model_b_is_swapped_first(mlp_pair, digits):
@@ -120,3 +120,33 @@ def test_both_balancings_run_end_to_end(mlp_pair, digits, balance):
     assert result.accuracy["fused"] > 0.5
     if balance == "merge":
         assert result.accuracy["balanced_a"] is not None
+
+
+def test_finetuning_never_returns_a_worse_validation_model(mlp_pair, digits):
+    """The starting weights compete in the best-validation selection, so one bad epoch cannot hurt."""
+    result = run_fusion(*mlp_pair, digits, FusionConfig(finetune_epochs=1, finetune_lr=0.5))
+    history = result.histories["fused"]
+    assert len(history) == 2
+    from clafusion_core.train import evaluate
+    assert evaluate(result.fused_finetuned, digits.val) == max(history)
+
+
+def test_a_second_finetune_drops_stale_parent_numbers(mlp_pair, digits):
+    from clafusion_core.pipeline import finetune_result
+    result = run_fusion(*mlp_pair, digits, FusionConfig(finetune_epochs=1, finetune_parents=True))
+    assert "model_a_finetuned" in result.accuracy
+    finetune_result(result, digits, epochs=1, parents=False)
+    assert "model_a_finetuned" not in result.accuracy and "model_a" not in result.histories
+
+
+def test_locate_cell_maps_whole_matrix_cells_to_stages(digits):
+    model_a = build_model("vgg:8-8-M-16-16-16", digits.info.input_shape, 10)
+    model_b = build_model("vgg:8-M-16-16", digits.info.input_shape, 10)
+    config = FusionConfig(cost="width")
+    probe = probe_inputs(digits, config)
+    alignment = compute_alignment(compute_activations(model_a, probe, config),
+                                  compute_activations(model_b, probe, config), model_a, config)
+    assert alignment.full_cost.shape == (5, 3)
+    assert alignment.locate_cell(0, 0) == (0, 0, 0)
+    assert alignment.locate_cell(4, 2) == (1, 2, 1)
+    assert alignment.locate_cell(3, 0) is None          # a stage-1 row with a stage-0 column

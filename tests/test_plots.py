@@ -196,10 +196,10 @@ def test_accuracy_bars_accept_percentages_and_all_missing():
     assert empty.layout.annotations[0].text == "n/a" and empty.layout.yaxis.range == (0, 100)
 
 
-def test_training_curves_one_line_per_run_from_epoch_one():
+def test_training_curves_one_line_per_run_from_epoch_zero():
     fig = plots.training_curves({"fused": [0.9, 0.95, 0.97], "model A (same epochs)": [0.97, 0.975]})
     assert [t.name for t in fig.data] == ["fused", "model A (same epochs)"]
-    assert list(fig.data[0].x) == [1, 2, 3] and list(fig.data[1].y) == [0.97, 0.975]
+    assert list(fig.data[0].x) == [0, 1, 2] and list(fig.data[1].y) == [0.97, 0.975]
     assert all("markers" in t.mode for t in fig.data)
 
 
