@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/model_utils.py
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny tensors: one thread is as fast, and immune to a busy machine
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,8 @@ def test_without_input_correction_the_permuted_copy_is_not_recovered(spec):
     permuted = permuted_copy(model, seed=3)
     with torch.no_grad():
         fused = _fuse(permuted, model, ground_metric="weights", input_correction=False).model
-        assert (fused(X) - model(X)).abs().max() > 1e-2
+        reference = model(X)
+        assert (fused(X) - reference).abs().max() > 0.1 * reference.abs().max()
 
 
 @pytest.mark.parametrize("ground_metric", ["weights", "activations"])
