@@ -1,0 +1,118 @@
+"""Smoke tests of the benchmarks: each script runs at its tiny ``--quick`` size and writes sane JSON.
+
+The full benchmarks are not part of the test run (see benchmarks/README.md); these only check that the
+scripts run end to end, print their tables and write results with the documented keys and finite numbers.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(script: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def _numbers(value):
+    """Every number in a JSON value (recursively)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _numbers(item)
+
+
+def _check_machine(data: dict) -> None:
+    assert {"benchmark", "command", "date", "machine", "settings"} <= set(data)
+    machine = data["machine"]
+    assert {"platform", "cpu_count", "torch", "torch_threads", "load_average_start", "load_average_end",
+            "device"} <= set(machine)
+    assert machine["torch_threads"] >= 1
+    assert "--quick" in data["command"]
+
+
+@pytest.fixture(scope="module")
+def speed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("speed")
+    proc = _run("speed.py", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc, json.loads((out / "speed-quick.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def quality(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quality")
+    proc = _run("quality.py", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc, json.loads((out / "quality-quick.json").read_text())
+
+
+def test_speed_quick_writes_results(speed):
+    out, proc, data = speed
+    _check_machine(data)
+    assert data["benchmark"] == "speed" and data["quick"] is True
+    assert "| stage |" in proc.stdout and "exponent" in proc.stdout  # the printed tables
+    assert all(math.isfinite(x) for x in _numbers(data))
+
+    stage = data["stages"][0]
+    for key in ("activations", "dp", "balancing_add", "ot_fuse_activations_emd", "repair", "evaluate_one_model"):
+        assert stage["stages_s"][key] > 0
+    assert set(stage["cost_matrix_s"]) == {"linear_cka", "debiased_cka", "rbf_cka", "cca", "wasserstein", "width"}
+    assert stage["run_fusion_timings_s"]["total"] > 0
+
+    core = data["core_targets"]
+    assert core["target_s"] == 0.3 and len(core["cost_matrix_s"]) == 6 and core["dp_1000x500_s"] > 0
+
+    for curve in ("ot_width", "dp_layers", "cost_samples", "cost_layers"):
+        entry = data["scaling"][curve]
+        assert len(entry["sizes"]) >= 2
+        for series, times in entry["times_s"].items():
+            assert len(times) == len(entry["sizes"]) and all(t > 0 for t in times)
+            assert entry["exponent"][series]["all"] is not None
+            assert "exponent" in entry["theory"][series]
+    assert set(data["scaling"]["ot_width"]["times_s"]) >= {"emd", "sinkhorn"}
+
+    assert "cuda_available" in data["devices"]
+    assert data["memory"] and data["memory"][0]["rss_peak_mib"] > 0
+    assert (out / "speed-quick_scaling.html").stat().st_size > 0
+    assert (out / "speed-quick_stages.html").stat().st_size > 0
+
+
+def test_quality_quick_writes_results(quality):
+    out, proc, data = quality
+    _check_machine(data)
+    assert data["benchmark"] == "quality" and data["quick"] is True
+    assert "| method |" in proc.stdout
+    assert all(math.isfinite(x) for x in _numbers(data))
+    setups = data["datasets"]["digits"]
+    assert set(setups) == {"mlp-same", "mlp-depth"}
+
+    same = setups["mlp-same"]["runs"][0]
+    assert {"model_a", "model_b", "ensemble", "vanilla"} <= set(same["parents"])
+    assert same["parents"]["vanilla"] is not None
+    assert {"OT (weights)", "OT (activations) + repair"} <= set(same["variants"])
+    assert "model_a" in same["parents_finetuned"] and "vanilla_finetuned" in same
+
+    depth = setups["mlp-depth"]["runs"][0]
+    assert depth["parents"]["vanilla"] is None  # different shapes: no vanilla averaging
+    names = set(depth["variants"])
+    assert {"CLAFusion linear_cka, add", "CLAFusion linear_cka, merge", "CLAFusion linear_cka, add, no repair"} <= names
+    for entry in depth["variants"].values():
+        assert 0.0 <= entry["one_shot"] <= 1.0
+        assert entry["timings_s"]
+    assert depth["variants"]["CLAFusion linear_cka, add"]["finetuned"] is not None
+    assert "one_shot_choice" in depth["chosen_on_validation"]
+    for setup in setups.values():
+        assert setup["table_markdown"].startswith("| method |") and setup["readings"]
