@@ -150,3 +150,17 @@ def test_locate_cell_maps_whole_matrix_cells_to_stages(digits):
     assert alignment.locate_cell(0, 0) == (0, 0, 0)
     assert alignment.locate_cell(4, 2) == (1, 2, 1)
     assert alignment.locate_cell(3, 0) is None          # a stage-1 row with a stage-0 column
+
+
+@pytest.mark.parametrize("key", ["cnn", "resnet"])
+def test_cnn_and_resnet_demo_pairs_fuse_end_to_end(key, digits):
+    """The staged demo pairs: exact balancing, a fused model far above chance, a finetune that helps."""
+    from clafusion_core.zoo import load_demo_pair
+
+    model_a, model_b = load_demo_pair(key)
+    result = run_fusion(model_a, model_b, digits, FusionConfig(finetune_epochs=1))
+    accuracy = result.accuracy
+    assert result.balanced.exact and accuracy["balanced_b"] == accuracy["model_b"]
+    assert accuracy["fused"] > 0.3                         # ten classes: chance is 0.1
+    assert accuracy["fused_finetuned"] >= accuracy["fused"] - 0.02
+    assert result.to_json()["models"]["fused"]["depth"] == result.to_json()["models"]["model_a"]["depth"]
