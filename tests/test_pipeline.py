@@ -15,6 +15,16 @@ def _no_timings(payload: dict) -> dict:
     return {k: v for k, v in payload.items() if k != "timings_s"}
 
 
+def _cnn_alignment(digits, spec_a: str, spec_b: str, config: FusionConfig):
+    """Two untrained CNNs and their alignment under ``config``."""
+    model_a = build_model(spec_a, digits.info.input_shape, 10)
+    model_b = build_model(spec_b, digits.info.input_shape, 10)
+    probe = probe_inputs(digits, config)
+    alignment = compute_alignment(compute_activations(model_a, probe, config),
+                                  compute_activations(model_b, probe, config), model_a, config)
+    return model_a, model_b, alignment
+
+
 def test_result_json_has_the_contract_keys(mlp_pair, digits):
     payload = run_fusion(*mlp_pair, digits, FusionConfig()).to_json()
     for key in ("cost_matrix", "alignment", "models", "accuracy", "timings_s", "config", "seed"):
@@ -90,12 +100,8 @@ def test_changing_the_metric_changes_the_matrix_but_not_the_activations(mlp_pair
 
 def test_staged_models_pin_only_the_model_ends(digits):
     """A CNN's first and last conv are pinned; stages in between align freely."""
-    model_a = build_model("vgg:8-8-M-16-16-M-32-32", digits.info.input_shape, 10)
-    model_b = build_model("vgg:8-M-16-M-32", digits.info.input_shape, 10)
     config = FusionConfig(cost="width")
-    probe = probe_inputs(digits, config)
-    alignment = compute_alignment(compute_activations(model_a, probe, config),
-                                  compute_activations(model_b, probe, config), model_a, config)
+    model_a, model_b, alignment = _cnn_alignment(digits, "vgg:8-8-M-16-16-M-32-32", "vgg:8-M-16-M-32", config)
     assert alignment.mappings[0] == [0] and alignment.mappings[2] == [1]
     result = run_fusion(model_a, model_b, digits, config)
     assert result.balanced.exact
@@ -140,12 +146,7 @@ def test_a_second_finetune_drops_stale_parent_numbers(mlp_pair, digits):
 
 
 def test_locate_cell_maps_whole_matrix_cells_to_stages(digits):
-    model_a = build_model("vgg:8-8-M-16-16-16", digits.info.input_shape, 10)
-    model_b = build_model("vgg:8-M-16-16", digits.info.input_shape, 10)
-    config = FusionConfig(cost="width")
-    probe = probe_inputs(digits, config)
-    alignment = compute_alignment(compute_activations(model_a, probe, config),
-                                  compute_activations(model_b, probe, config), model_a, config)
+    _, _, alignment = _cnn_alignment(digits, "vgg:8-8-M-16-16-16", "vgg:8-M-16-16", FusionConfig(cost="width"))
     assert alignment.full_cost.shape == (5, 3)
     assert alignment.locate_cell(0, 0) == (0, 0, 0)
     assert alignment.locate_cell(4, 2) == (1, 2, 1)
