@@ -353,6 +353,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr-grid", default=None,
                         help=f"candidate finetune rates for 'auto' (default {FusionConfig.finetune_lr:g} "
                              "(the pipeline's default),0.005,0.001; quick: the pipeline's default and 0.005)")
+    parser.add_argument("--name", default=None,
+                        help="file name (without .json) of the results (default quality, or quality-quick)")
     parser.add_argument("--render", default=None, metavar="JSON",
                         help="only print the tables of an earlier results file (no benchmark is run)")
     args = parser.parse_args(argv)
@@ -370,7 +372,7 @@ def main(argv=None) -> int:
     threads = common.set_threads(args.threads)
     datasets = resolve_datasets(args)
     out_dir = Path(args.out)
-    name = "quality-quick" if args.quick else "quality"
+    name = args.name or ("quality-quick" if args.quick else "quality")
     started = time.perf_counter()
     result = {"benchmark": "quality", "command": common.command_line(), "date": common.now(),
               "machine": common.machine_info(), "quick": args.quick,
