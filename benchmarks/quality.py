@@ -1,6 +1,6 @@
 """Fusion quality: parents, ensemble, vanilla averaging, OT fusion and CLAFusion, one-shot and finetuned.
 
-    python benchmarks/quality.py               # full run: digits + Fashion-MNIST, 3 seeds (~35–45 min)
+    python benchmarks/quality.py               # full run: digits + Fashion-MNIST, 3 seeds (< 30 min; ~17 with cached parents)
     python benchmarks/quality.py --quick       # the smoke test: digits MLPs, 1 seed, 1 epoch (< 1 min)
     python benchmarks/quality.py --data-root ~/data --datasets mnist   # MNIST / CIFAR-10 from local files
 

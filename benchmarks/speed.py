@@ -1,6 +1,6 @@
 """Speed and scaling of the fusion pipeline.
 
-    python benchmarks/speed.py                 # full run (~10 min on 2 CPU cores)
+    python benchmarks/speed.py                 # full run (~4 min on 2 CPU cores, 1 torch thread)
     python benchmarks/speed.py --quick         # tiny sizes, the smoke test (< 1 min)
 
 Sections (all written to ``<out>/speed.json``, ``speed-quick.json`` with ``--quick``):
@@ -22,7 +22,6 @@ Sections (all written to ``<out>/speed.json``, ``speed-quick.json`` with ``--qui
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing
 import resource
 import sys

@@ -90,6 +90,7 @@ def transport_plan(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, 
     Returns the plan (same device and dtype as ``cost``) and a warning string when the solver reports
     non-convergence or its iteration limit, else None.
     """
+    cost = cost.detach()
     scale = cost.max()
     normalised = cost / scale if scale > 0 else cost
     if solver == "emd":

@@ -24,7 +24,7 @@ from .errors import FusionError
 from .models import build_model
 from .train import Progress, TrainConfig, train_model
 
-ZOO_VERSION = "1"
+ZOO_VERSION = "2"  # bump when training or model definitions change: old caches are then retrained
 
 
 @dataclass(frozen=True)
