@@ -82,8 +82,13 @@ def trained_model(arch: str, seed: int, dataset: str = "digits", training: Train
     splits = load_dataset(dataset)
     torch.manual_seed(seed)  # the seed fixes the initial weights as well as the batch order
     model = build_model(arch, splits.info.input_shape, splits.info.num_classes)
-    train_model(model, splits.train, splits.val, TrainConfig(**{**asdict(training), "seed": seed}),
-                progress=progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums depend on the thread count: one thread gives the same model everywhere
+    try:
+        train_model(model, splits.train, splits.val, TrainConfig(**{**asdict(training), "seed": seed}),
+                    progress=progress)
+    finally:
+        torch.set_num_threads(threads)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
         temporary = Path(handle.name)
