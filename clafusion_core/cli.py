@@ -174,10 +174,7 @@ def cmd_align(args: argparse.Namespace) -> None:
     activations_s = time.perf_counter() - start
     alignment = compute_alignment(acts_a, acts_b, model_a, config)
     _write_json(args.json_path, {
-        "cost_matrix": alignment.full_cost.round(6).tolist(),
-        "alignment": alignment.global_mapping(),
-        "stage_alignment": alignment.mappings,
-        "alignment_cost": alignment.total_cost,
+        **alignment.to_json(),
         "models": {"model_a": describe_model(model_a), "model_b": describe_model(model_b)},
         "timings_s": {"activations": round(activations_s, 4),
                       "cost_and_alignment": round(time.perf_counter() - start - activations_s, 4)},

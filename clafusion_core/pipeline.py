@@ -109,6 +109,12 @@ class Alignment:
             row0, col0 = row0 + m, col0 + n
         return None
 
+    def to_json(self) -> dict:
+        """The alignment part of ``align.json`` and ``result.json``."""
+        return {"cost_matrix": self.full_cost.round(6).tolist(), "alignment": self.global_mapping(),
+                "stage_alignment": self.mappings, "dp_alignment": self.global_mapping(self.optimal),
+                "alignment_cost": self.total_cost}
+
     def global_mapping(self, mappings: list[list[int]] | None = None) -> list[int]:
         """The matching as indices into all of A's units, for each of B's units in order."""
         offset, result = 0, []
@@ -136,11 +142,7 @@ class FusionResult:
     def to_json(self) -> dict:
         """The ``result.json`` contract (see the design's "CLI and JSON contract")."""
         return {
-            "cost_matrix": self.alignment.full_cost.round(6).tolist(),
-            "alignment": self.alignment.global_mapping(),
-            "stage_alignment": self.alignment.mappings,
-            "dp_alignment": self.alignment.global_mapping(self.alignment.optimal),
-            "alignment_cost": self.alignment.total_cost,
+            **self.alignment.to_json(),
             "models": {"model_a": describe_model(self.model_a), "model_b": describe_model(self.model_b),
                        "balanced_b": describe_model(self.balanced.model_b),
                        "fused": describe_model(self.fused.model)},
