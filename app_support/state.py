@@ -55,6 +55,8 @@ FT_EPOCHS = "ft_epochs"
 FT_LR = "ft_lr"
 FT_OPTIMIZER = "ft_optimizer"
 FT_PARENTS = "ft_parents"
+FT_DISTILL = "ft_distill"
+FT_TEMPERATURE = "ft_temperature"
 
 HEATMAP = "align_heatmap"          # the clickable cost heatmap (its selection state)
 
@@ -67,7 +69,8 @@ WIDGET_DEFAULTS: dict[str, object] = {
     BALANCE: _DEFAULT.balance, GROUND_METRIC: _DEFAULT.ground_metric, SOLVER: _DEFAULT.solver,
     SINKHORN_REG: _DEFAULT.sinkhorn_reg, FUSION_WEIGHT: _DEFAULT.fusion_weight, DEVICE: _DEFAULT.device,
     REPAIR: _DEFAULT.repair, BN_RESET: _DEFAULT.bn_reset,
-    FT_EPOCHS: 3, FT_LR: _DEFAULT.finetune_lr, FT_OPTIMIZER: _DEFAULT.optimizer, FT_PARENTS: False,
+    FT_EPOCHS: 5, FT_LR: _DEFAULT.finetune_lr, FT_OPTIMIZER: _DEFAULT.optimizer, FT_PARENTS: False,
+    FT_DISTILL: _DEFAULT.distill, FT_TEMPERATURE: _DEFAULT.distill_temperature,
 }
 
 # ---------------------------------------------------------------------------------------- plain keys

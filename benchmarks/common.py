@@ -263,26 +263,6 @@ def add_common_arguments(parser, *, default_datasets: str, default_seeds: str) -
                         help="torch threads (default 1: the default pool is slow on a shared machine)")
 
 
-@contextmanager
-def zoo_data_root(data_root: str | None):
-    """Let :func:`clafusion_core.zoo.trained_model` read datasets from ``data_root``.
-
-    ``trained_model`` calls ``load_dataset(dataset)`` without a root (it has no data-root argument), so
-    MNIST / CIFAR could not be trained through the zoo; this routes its call through the given root.
-    """
-    from clafusion_core import data, zoo
-
-    if data_root is None:
-        yield
-        return
-    original = zoo.load_dataset
-    zoo.load_dataset = lambda name, root=None, **kw: data.load_dataset(name, root or data_root, **kw)
-    try:
-        yield
-    finally:
-        zoo.load_dataset = original
-
-
 # ----------------------------------------------------------------------------------------------------
 # the model pairs of the benchmarks (shared so speed.py and quality.py hit the same zoo cache entries)
 
@@ -331,7 +311,6 @@ def setup_models(setup: str, dataset: str, seed: int, data_root: str | None = No
 
     spec = SETUPS[setup]
     training = TrainConfig(**training_for(setup, dataset))
-    with zoo_data_root(data_root):
-        model_a = trained_model(spec["arch_a"], seed, dataset, training)
-        model_b = trained_model(spec["arch_b"], seed + 100, dataset, training)
+    model_a = trained_model(spec["arch_a"], seed, dataset, training, data_root=data_root)
+    model_b = trained_model(spec["arch_b"], seed + 100, dataset, training, data_root=data_root)
     return model_a, model_b

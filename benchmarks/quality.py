@@ -41,9 +41,9 @@ import numpy as np  # noqa: E402
 
 from clafusion_core.baselines import vanilla_average  # noqa: E402
 from clafusion_core.data import load_dataset  # noqa: E402
-from clafusion_core.pipeline import FusionConfig, finetune_result, run_fusion  # noqa: E402
+from clafusion_core.pipeline import FusionConfig, finetune_result, finetune_teacher, run_fusion  # noqa: E402
 from clafusion_core.similarity import METRICS  # noqa: E402
-from clafusion_core.train import TrainConfig, evaluate, finetune  # noqa: E402
+from clafusion_core.train import evaluate, finetune  # noqa: E402
 
 DATASET_SETUPS = {
     "digits": ["mlp-same", "mlp-depth", "mlp-demo", "cnn", "resnet"],
@@ -102,10 +102,11 @@ def choose_finetune_lr(dataset: str, setup: str, seed: int, splits, args) -> dic
     row = next(r for r in variants(setup, model_a.spec.family, args.quick) if r.get("default"))
     config = FusionConfig(dataset=dataset, data_root=args.data_root, seed=seed, device="cpu", **row["config"])
     fused = run_fusion(model_a, model_b, splits, config).fused.model
+    teacher = finetune_teacher(model_a, model_b, splits, config)
     scores = {}
     for lr in args.lr_grid:
-        training = TrainConfig(epochs=args.finetune_epochs, lr=lr, optimizer=config.optimizer, seed=seed)
-        vals = {name: max(finetune(model, splits.train, splits.val, training)[1].val_accuracy)
+        training = replace(config, finetune_epochs=args.finetune_epochs, finetune_lr=lr).finetune_config()
+        vals = {name: max(finetune(model, splits.train, splits.val, training, teacher_logits=teacher)[1].val_accuracy)
                 for name, model in (("model_a", model_a), ("model_b", model_b), ("fused", fused))}
         scores[lr] = {"val": vals, "mean_val": float(np.mean(list(vals.values())))}
         print(f"    finetune lr {lr:g}: validation " + ", ".join(f"{k} {100 * v:.2f}" for k, v in vals.items()),
@@ -179,8 +180,9 @@ def run_setup(dataset: str, setup: str, seed: int, splits, args, finetune_lr: fl
 
     if common.SETUPS[setup]["same_shape"] and args.finetune_epochs > 0:
         vanilla = vanilla_average(model_a, model_b, base.fusion_weight)
-        training = TrainConfig(epochs=args.finetune_epochs, lr=base.finetune_lr, optimizer=base.optimizer, seed=seed)
-        tuned, history = finetune(vanilla, splits.train, splits.val, training)
+        same = replace(base, finetune_epochs=args.finetune_epochs)  # the fused model's finetune settings
+        tuned, history = finetune(vanilla, splits.train, splits.val, same.finetune_config(),
+                                  teacher_logits=finetune_teacher(model_a, model_b, splits, same))
         out["vanilla_finetuned"] = evaluate(tuned, splits.test)
     clafusion = {k: v for k, v in out["variants"].items() if v["group"] == "clafusion"}
     if clafusion:  # choose the cost metric and balancing on the validation split, per seed

@@ -26,6 +26,7 @@ import multiprocessing
 import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,7 +43,7 @@ from clafusion_core.data import load_dataset  # noqa: E402
 from clafusion_core.models import build_model  # noqa: E402
 from clafusion_core.otfusion import OTOptions, fuse_models, transport_plan  # noqa: E402
 from clafusion_core.pipeline import (FusionConfig, compute_activations, compute_alignment,  # noqa: E402
-                                     fuse_balanced, probe_inputs, run_fusion, stage_pins)
+                                     finetune_teacher, fuse_balanced, probe_inputs, run_fusion, stage_pins)
 from clafusion_core.repair import repair_statistics  # noqa: E402
 from clafusion_core.similarity import METRICS, cost_matrix  # noqa: E402
 from clafusion_core.train import TrainConfig, evaluate, finetune, reset_batchnorm  # noqa: E402
@@ -132,9 +133,10 @@ def stage_timings(label: str, model_a, model_b, splits, repeats: int, finetune_e
     t["ensemble_accuracy"] = common.timeit(lambda: ensemble_accuracy([model_a, model_b], splits.test, dev), repeats,
                                            sync=sync)
     if finetune_epoch:
-        training = TrainConfig(epochs=1, lr=config.finetune_lr, optimizer=config.optimizer, seed=0)
+        training = replace(config, finetune_epochs=1).finetune_config()
         start = time.perf_counter()
-        finetune(fused.model, splits.train, splits.val, training, dev)
+        teacher = finetune_teacher(model_a, model_b, splits, config, dev)  # part of a finetune's cost
+        finetune(fused.model, splits.train, splits.val, training, dev, teacher_logits=teacher)
         if sync:
             sync()
         t["finetune_one_epoch"] = time.perf_counter() - start

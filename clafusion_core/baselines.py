@@ -23,6 +23,16 @@ def vanilla_average(model_a: nn.Module, model_b: nn.Module, weight_b: float = 0.
     return averaged
 
 
+@torch.no_grad()
+def teacher_logits(models: list[nn.Module], inputs: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The parents' mean logits: the teacher a fused model distils from while it is finetuned.
+
+    Averaging logits (a geometric mean of the parents' probabilities, renormalised) keeps the
+    parents' margins, which the distillation temperature then softens.
+    """
+    return sum(predict_logits(m, inputs, device) for m in models) / len(models)
+
+
 def ensemble_accuracy(models: list[nn.Module], dataset: TensorDataset, device: torch.device | str = "cpu") -> float:
     """Accuracy of the mean of the models' softmax outputs (costs the sum of their sizes)."""
     inputs, labels = dataset.tensors

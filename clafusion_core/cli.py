@@ -76,6 +76,9 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=DEFAULTS.finetune_epochs)
     parser.add_argument("--finetune-lr", type=float, default=DEFAULTS.finetune_lr)
     parser.add_argument("--optimizer", default=DEFAULTS.optimizer, choices=OPTIMIZERS)
+    parser.add_argument("--distill", type=float, default=DEFAULTS.distill,
+                        help="weight of distillation from the parents' ensemble while finetuning (0 = labels only)")
+    parser.add_argument("--distill-temperature", type=float, default=DEFAULTS.distill_temperature)
     parser.add_argument("--finetune-parents", action="store_true",
                         help="also finetune the parents for the same epochs (the fair baseline)")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)

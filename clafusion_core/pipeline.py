@@ -23,7 +23,7 @@ from torch import nn
 from .activations import CONV_MODES, group_activations, unit_activations
 from .alignment import align_layers, alignment_cost, validate_mapping
 from .balancing import BALANCE_METHODS, Balanced, balance
-from .baselines import ensemble_accuracy, vanilla_average
+from .baselines import ensemble_accuracy, teacher_logits, vanilla_average
 from .data import DataSplits, probe_batch
 from .devices import resolve_device
 from .errors import AlignmentError, CheckpointError
@@ -58,8 +58,10 @@ class FusionConfig:
     repair: bool = True
     bn_reset: bool = True
     finetune_epochs: int = 0
-    finetune_lr: float = 0.02
+    finetune_lr: float = 0.01
     optimizer: str = "sgd"
+    distill: float = 0.9               # weight of distillation from the parents' ensemble (0: labels only)
+    distill_temperature: float = 4.0
     finetune_parents: bool = False
     seed: int = 0
     device: str = "auto"
@@ -73,6 +75,12 @@ class FusionConfig:
         if self.activation not in ("pre", "post") or self.conv_features not in CONV_MODES:
             raise AlignmentError("Activations must be 'pre' or 'post' and conv features 'pool' or 'flatten'.")
         self.ot_options()  # validates the fusion options
+        self.finetune_config()
+
+    def finetune_config(self) -> TrainConfig:
+        """The training settings of a finetune, shared by the fused model and the parents' fair baseline."""
+        return TrainConfig(epochs=self.finetune_epochs, lr=self.finetune_lr, optimizer=self.optimizer,
+                           seed=self.seed, distill=self.distill, temperature=self.distill_temperature)
 
     def ot_options(self) -> OTOptions:
         return OTOptions(ground_metric=self.ground_metric, solver=self.solver, sinkhorn_reg=self.sinkhorn_reg,
@@ -312,20 +320,29 @@ def _bn_reset(model: nn.Module, splits: DataSplits, config: FusionConfig, device
     return model
 
 
+def finetune_teacher(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, config: FusionConfig,
+                     device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """The parents' ensemble logits on every training example, or None when finetuning does not distil."""
+    return teacher_logits([model_a, model_b], splits.train.tensors[0], device) if config.distill > 0 else None
+
+
 def finetune_result(result: FusionResult, splits: DataSplits, *, epochs: int | None = None, lr: float | None = None,
-                    optimizer: str | None = None, parents: bool | None = None, progress: Progress | None = None,
+                    optimizer: str | None = None, parents: bool | None = None, distill: float | None = None,
+                    temperature: float | None = None, progress: Progress | None = None,
                     on_epoch: Callable[[str, int, float], None] | None = None) -> FusionResult:
     """Finetune the fused model (and, as the fair baseline, the parents for the same epochs) in place.
 
-    ``histories[name]`` holds the validation accuracy after 0 (the start), 1, ..., E epochs.
+    Every run uses the same settings, distillation from the parents' ensemble included, so the parents'
+    numbers are what the same extra training buys *them*. ``histories[name]`` holds the validation
+    accuracy after 0 (the start), 1, ..., E epochs.
     """
-    config = replace(result.config, **{k: v for k, v in (("finetune_epochs", epochs), ("finetune_lr", lr),
-                                                          ("optimizer", optimizer), ("finetune_parents", parents))
-                                       if v is not None})
+    changes = {"finetune_epochs": epochs, "finetune_lr": lr, "optimizer": optimizer, "finetune_parents": parents,
+               "distill": distill, "distill_temperature": temperature}
+    config = replace(result.config, **{k: v for k, v in changes.items() if v is not None})
+    training = config.finetune_config()
     result.config = config
     device = resolve_device(config.device)
-    training = TrainConfig(epochs=config.finetune_epochs, lr=config.finetune_lr, optimizer=config.optimizer,
-                           seed=config.seed)
+    teacher = finetune_teacher(result.model_a, result.model_b, splits, config, device)
     runs = [("fused", result.fused.model)]
     if config.finetune_parents:
         runs += [("model_a", result.model_a), ("model_b", result.model_b)]
@@ -342,7 +359,7 @@ def finetune_result(result: FusionResult, splits: DataSplits, *, epochs: int | N
                 if on_epoch:
                     on_epoch(name, epoch, accuracy)
 
-            tuned, history = finetune(model, splits.train, splits.val, training, device, step, epoch_done)
+            tuned, history = finetune(model, splits.train, splits.val, training, device, step, epoch_done, teacher)
             result.histories[name] = history.val_accuracy
             result.accuracy[f"{name}_finetuned"] = evaluate(tuned, splits.test, device)
             if name == "fused":

@@ -4,6 +4,10 @@ Training is deterministic for a given seed (the seed fixes the initial weights' 
 shuffling order). Finetuning keeps the epoch with the best *validation* accuracy — never the test
 split — and the same rule is applied to the parents when they get the same extra epochs (the fair
 baseline).
+
+Finetuning can *distil* from a teacher (the parents' ensemble): the loss mixes cross-entropy with the
+labels and the KL divergence to the teacher's softened outputs (Hinton et al., 2015), see
+:func:`distillation_loss`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     select_best: bool = False   # keep the best-validation epoch (finetuning) instead of the last
+    distill: float = 0.0        # weight of the teacher term in the loss (0: plain cross-entropy)
+    temperature: float = 4.0    # softening of both outputs in the teacher term
+
+    def __post_init__(self):
+        if self.epochs < 0:
+            raise FusionError("The number of epochs must be 0 or more.")
+        if not 0 <= self.distill <= 1 or self.temperature <= 0:
+            raise FusionError("The distillation weight must lie in [0, 1] and the temperature be positive.")
 
 
 @dataclass
@@ -58,6 +70,27 @@ def predict_logits(model: nn.Module, inputs: torch.Tensor, device: torch.device 
                       for i in range(0, len(inputs), batch_size)])
 
 
+def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
+                      weight: float, temperature: float) -> torch.Tensor:
+    r"""Cross-entropy mixed with knowledge distillation (Hinton et al., 2015).
+
+    .. math::
+        \mathcal{L} = (1 - w)\,\mathrm{CE}(z, y)
+                      + w\,T^2\,\mathrm{KL}\big(\mathrm{softmax}(t / T)\,\|\,\mathrm{softmax}(z / T)\big)
+
+    with student logits :math:`z`, teacher logits :math:`t`, weight :math:`w` and temperature :math:`T`.
+    The :math:`T^2` keeps the teacher term's gradients on the scale of the cross-entropy's. Why it helps
+    a fused model: the teacher's soft outputs say *how* the parents rank the wrong classes too, which
+    a few epochs on 1-hot labels cannot teach.
+    """
+    loss = nn.functional.cross_entropy(logits, labels)
+    if weight == 0:
+        return loss
+    soft = nn.functional.kl_div((logits / temperature).log_softmax(1), (teacher_logits / temperature).log_softmax(1),
+                                reduction="batchmean", log_target=True)
+    return (1 - weight) * loss + weight * temperature ** 2 * soft
+
+
 def accuracy_of_logits(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(1) == labels).float().mean().item()
 
@@ -70,18 +103,23 @@ def evaluate(model: nn.Module, dataset: TensorDataset, device: torch.device | st
 
 def train_model(model: nn.Module, train: TensorDataset, val: TensorDataset, config: TrainConfig,
                 device: torch.device | str = "cpu", progress: Progress | None = None,
-                on_epoch: Callable[[int, float], None] | None = None) -> History:
-    """Train in place with cross-entropy; report progress per batch and validation accuracy per epoch.
+                on_epoch: Callable[[int, float], None] | None = None,
+                teacher_logits: torch.Tensor | None = None) -> History:
+    """Train in place; report progress per batch and validation accuracy per epoch.
 
-    With ``select_best`` the weights of the best validation epoch are kept, the starting weights
-    (epoch 0) included, so finetuning never returns a model worse on validation than it was given.
+    The loss is cross-entropy, mixed with distillation from ``teacher_logits`` (one row per training
+    example) when ``config.distill`` > 0. With ``select_best`` the weights of the best validation epoch
+    are kept, the starting weights (epoch 0) included, so finetuning never returns a model worse on
+    validation than it was given.
     """
-    if config.epochs < 0:
-        raise FusionError("The number of epochs must be 0 or more.")
+    if config.distill > 0 and (teacher_logits is None or len(teacher_logits) != len(train)):
+        raise FusionError("Distillation needs the teacher's logits for every training example.")
     torch.manual_seed(config.seed)
     model.to(device)
     optimizer = _optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
+    if config.distill > 0:  # the teacher's logits travel with their examples through the shuffle
+        train = TensorDataset(*train.tensors, teacher_logits.float().cpu())
     loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator)
     history = History(val_accuracy=[evaluate(model, val, device)])
     if on_epoch:
@@ -91,9 +129,10 @@ def train_model(model: nn.Module, train: TensorDataset, val: TensorDataset, conf
     for epoch in range(1, config.epochs + 1):
         model.train()
         total, count = 0.0, 0
-        for step, (inputs, labels) in enumerate(loader):
+        for step, (inputs, labels, *teacher) in enumerate(loader):
             inputs, labels = inputs.to(device), labels.to(device)
-            loss = nn.functional.cross_entropy(model(inputs), labels)
+            teacher_batch = teacher[0].to(device) if teacher else None
+            loss = distillation_loss(model(inputs), labels, teacher_batch, config.distill, config.temperature)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -118,11 +157,12 @@ def train_model(model: nn.Module, train: TensorDataset, val: TensorDataset, conf
 
 def finetune(model: nn.Module, train: TensorDataset, val: TensorDataset, config: TrainConfig,
              device: torch.device | str = "cpu", progress: Progress | None = None,
-             on_epoch: Callable[[int, float], None] | None = None) -> tuple[nn.Module, History]:
+             on_epoch: Callable[[int, float], None] | None = None,
+             teacher_logits: torch.Tensor | None = None) -> tuple[nn.Module, History]:
     """A finetuned *copy* of ``model`` (best validation epoch kept); the input model is untouched."""
     tuned = copy.deepcopy(model)
     history = train_model(tuned, train, val, TrainConfig(**{**config.__dict__, "select_best": True}),
-                          device, progress, on_epoch)
+                          device, progress, on_epoch, teacher_logits)
     return tuned, history
 
 

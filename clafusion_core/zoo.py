@@ -71,15 +71,19 @@ def _cache_path(arch: str, seed: int, dataset: str, training: TrainConfig) -> Pa
 
 
 def trained_model(arch: str, seed: int, dataset: str = "digits", training: TrainConfig = TrainConfig(),
-                  progress: Progress | None = None) -> nn.Module:
-    """A model trained with ``training`` (seeded), loaded from the cache when it was trained before."""
+                  progress: Progress | None = None, data_root: str | None = None) -> nn.Module:
+    """A model trained with ``training`` (seeded), loaded from the cache when it was trained before.
+
+    ``data_root`` is where datasets without a bundled copy (MNIST, CIFAR-10) are read from; the cache
+    entry does not depend on it (the same files give the same model wherever they lie).
+    """
     path = _cache_path(arch, seed, dataset, training)
     if path.exists():
         try:
             return load_checkpoint(path)[0]
         except FusionError:
             path.unlink(missing_ok=True)  # a damaged cache entry is retrained, not shown to the user
-    splits = load_dataset(dataset)
+    splits = load_dataset(dataset, data_root)
     torch.manual_seed(seed)  # the seed fixes the initial weights as well as the batch order
     model = build_model(arch, splits.info.input_shape, splits.info.num_classes)
     threads = torch.get_num_threads()

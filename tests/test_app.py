@@ -264,6 +264,29 @@ def test_sinkhorn_fusion_then_finetuning_the_parents_too(home):
     at.radio(key=state.SOLVER).set_value("emd").run()
 
 
+
+def test_distillation_controls_reach_the_finetune(home):
+    """The weight and temperature chosen on the page are what the finetune runs with, and the caption says so."""
+    at = home
+    at.switch_page(PAGES[2]).run()
+    assert at.slider(key=state.FT_DISTILL).value == pipeline.FusionConfig.distill
+    at.number_input(key=state.FT_EPOCHS).set_value(1).run()
+    at.slider(key=state.FT_DISTILL).set_value(0.0).run()
+    assert at.select_slider(key=state.FT_TEMPERATURE).proto.disabled   # no teacher, no temperature
+    button(at, "Finetune").click().run()
+    assert_clean(at)
+    assert at.session_state[state.RESULT][1].config.distill == 0.0
+    assert any("labels only" in c.value for c in at.caption)
+    at.slider(key=state.FT_DISTILL).set_value(0.5).run()
+    at.select_slider(key=state.FT_TEMPERATURE).set_value(2.0).run()
+    button(at, "Finetune").click().run()
+    assert_clean(at)
+    config = at.session_state[state.RESULT][1].config
+    assert (config.distill, config.distill_temperature) == (0.5, 2.0)
+    assert any("weight 0.5, T = 2" in c.value for c in at.caption)
+    at.slider(key=state.FT_DISTILL).set_value(pipeline.FusionConfig.distill).run()
+    at.select_slider(key=state.FT_TEMPERATURE).set_value(pipeline.FusionConfig.distill_temperature).run()
+
 # ------------------------------------------------------------------------------------------------ errors
 
 def _pt_bytes(obj) -> bytes:

@@ -116,3 +116,19 @@ def test_quality_quick_writes_results(quality):
     assert "one_shot_choice" in depth["chosen_on_validation"]
     for setup in setups.values():
         assert setup["table_markdown"].startswith("| method |") and setup["readings"]
+
+
+def test_finetune_quick_compares_distillation_with_labels_alone(tmp_path):
+    proc = _run("finetune.py", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "finetune-quick.json").read_text())
+    _check_machine(data)
+    assert data["benchmark"] == "finetune" and "| dataset |" in proc.stdout
+    assert all(math.isfinite(x) for x in _numbers(data))
+    pair = data["datasets"]["digits"]["demo pair (seeds 0 / 1)"]
+    assert set(pair["weights"]) == {"0.0", "0.9"}
+    for entry in pair["weights"].values():
+        run = entry["runs"][0]
+        assert {"fused", "model_a", "model_b", "val_fused"} <= set(run)
+        assert entry["fused_mean"] == run["fused"]
+        assert math.isclose(entry["gap_to_better_parent_pp"], 100 * (run["fused"] - pair["better_parent"]))

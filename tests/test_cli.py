@@ -74,6 +74,7 @@ def test_demo_runs_the_default_pair(tmp_path, mlp_pair):
      "train-images-idx3-ubyte"),
     (lambda p, t: ["align", str(p["deep"]), str(t / "wrong_classes.safetensors")], "classes"),
     (lambda p, t: ["fuse", str(p["deep"]), str(p["shallow"]), "--device", "cuda"], "CUDA"),
+    (lambda p, t: ["fuse", str(p["deep"]), str(p["shallow"]), "--distill", "1.5"], "distillation weight"),
 ])
 def test_user_errors_exit_2_with_one_sentence(trained, tmp_path, capsys, make_args, message):
     if message == "CUDA" and torch.cuda.is_available():

@@ -57,15 +57,25 @@ def test_one_shot_fusion_beats_vanilla_averaging(same_shape_pair, digits):
     assert accuracy["fused"] > accuracy["vanilla"]
 
 
-def test_short_finetune_recovers_to_within_a_point_of_the_better_parent(mlp_pair, digits):
-    """The issue asks for 'matches or beats the better parent'; measured, the fused depth pair ends
-    0.8 pp (3 of 359 test images) below it after 5 epochs, so this asserts the relation that holds."""
+def test_short_finetune_matches_or_beats_the_better_parent(mlp_pair, digits):
+    """The issue's relation, on the default settings (5 epochs, distillation from the parents).
+
+    Measured over finetune seeds 0-4 the fused model ends level with the better parent in four runs and
+    one test image (0.28 pp) below it in one; it has not been seen to beat it (see the README)."""
     result = run_fusion(*mlp_pair, digits, FusionConfig(finetune_epochs=5))
     accuracy = result.accuracy
-    best_parent = max(accuracy["model_a"], accuracy["model_b"])
     assert accuracy["fused_finetuned"] > accuracy["fused"]        # finetuning recovers accuracy
-    assert accuracy["fused_finetuned"] >= best_parent - 0.01
+    assert accuracy["fused_finetuned"] >= max(accuracy["model_a"], accuracy["model_b"])
     assert len(result.histories["fused"]) == 6                   # epoch 0 (the start) to 5
+
+
+def test_distilling_from_the_parents_finetunes_better_than_labels_alone(mlp_pair, digits):
+    """Mean over three finetune seeds: the parents' soft outputs are what closes the gap to them."""
+    def mean_finetuned(distill: float) -> float:
+        return float(np.mean([run_fusion(*mlp_pair, digits, FusionConfig(finetune_epochs=5, seed=seed,
+                                                                          distill=distill)).accuracy["fused_finetuned"]
+                              for seed in range(3)]))
+    assert mean_finetuned(FusionConfig.distill) > mean_finetuned(0.0)
 
 
 def test_a_deeper_model_b_is_swapped_first(mlp_pair, digits):

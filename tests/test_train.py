@@ -1,0 +1,90 @@
+"""Training and finetuning: the distillation loss against its closed form, and what it teaches."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from clafusion_core.errors import FusionError
+from clafusion_core.models import build_model
+from clafusion_core.train import TrainConfig, distillation_loss, finetune, predict_logits, train_model
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_weight_zero_is_plain_cross_entropy():
+    logits, labels = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    expected = torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.allclose(distillation_loss(logits, labels, None, 0.0, 4.0), expected)
+
+
+@pytest.mark.parametrize("weight, temperature", [(1.0, 1.0), (0.9, 4.0), (0.5, 2.0)])
+def test_loss_matches_the_closed_form(weight, temperature):
+    rng = np.random.default_rng(0)
+    z, t = rng.normal(size=(6, 4)) * 3, rng.normal(size=(6, 4)) * 3
+    y = rng.integers(0, 4, size=6)
+    p_z, p_t = _softmax(z / temperature), _softmax(t / temperature)
+    kl = np.mean(np.sum(p_t * (np.log(p_t) - np.log(p_z)), axis=1))
+    ce = np.mean(-np.log(_softmax(z)[np.arange(6), y]))
+    expected = (1 - weight) * ce + weight * temperature ** 2 * kl
+    got = distillation_loss(torch.tensor(z), torch.tensor(y), torch.tensor(t), weight, temperature)
+    assert got.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_student_equal_to_its_teacher_gets_no_teacher_gradient():
+    logits = torch.randn(8, 5, requires_grad=True)
+    distillation_loss(logits, torch.zeros(8, dtype=torch.long), logits.detach().clone(), 1.0, 4.0).backward()
+    assert logits.grad.abs().max().item() < 1e-6
+
+
+def _blobs(n: int = 400, seed: int = 0) -> TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (n,), generator=generator)
+    centres = torch.randn(4, 1, 4, 4, generator=generator) * 2
+    return TensorDataset(centres[labels] + 0.5 * torch.randn(n, 1, 4, 4, generator=generator), labels)
+
+
+def test_pure_distillation_learns_the_teacher_not_the_labels():
+    """With weight 1 the labels are ignored: a student trained on *scrambled* labels still learns the
+    teacher's function, which proves the teacher's logits stay paired with their examples through the
+    shuffle. With weight 0 the same student learns the scrambled labels instead."""
+    torch.manual_seed(0)
+    data, val = _blobs(), _blobs(200, seed=1)
+    teacher = build_model("mlp:32", (1, 4, 4), 4)
+    train_model(teacher, data, val, TrainConfig(epochs=10, lr=0.05))
+    scrambled = TensorDataset(data.tensors[0], (data.tensors[1] + 1) % 4)
+    teacher_out = predict_logits(teacher, data.tensors[0])
+
+    def agreement(distill: float) -> float:
+        torch.manual_seed(1)
+        student = build_model("mlp:32", (1, 4, 4), 4)
+        train_model(student, scrambled, val, TrainConfig(epochs=10, lr=0.05, distill=distill),
+                    teacher_logits=teacher_out)
+        return (predict_logits(student, data.tensors[0]).argmax(1) == teacher_out.argmax(1)).float().mean().item()
+
+    assert agreement(1.0) > 0.9
+    assert agreement(0.0) < 0.2
+
+
+def test_finetune_leaves_its_input_untouched_and_keeps_the_best_validation_epoch():
+    torch.manual_seed(0)
+    data = _blobs()
+    model = build_model("mlp:32", (1, 4, 4), 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned, history = finetune(model, data, data, TrainConfig(epochs=3, lr=0.05))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert len(history.val_accuracy) == 4 and history.val_accuracy[history.best_epoch] == max(history.val_accuracy)
+
+
+@pytest.mark.parametrize("config", [dict(distill=1.5), dict(distill=-0.1), dict(temperature=0.0), dict(epochs=-1)])
+def test_invalid_settings_are_one_sentence_errors(config):
+    with pytest.raises(FusionError):
+        TrainConfig(**config)
+
+
+def test_distillation_without_teacher_logits_is_refused():
+    with pytest.raises(FusionError, match="teacher"):
+        train_model(build_model("mlp:8", (1, 4, 4), 4), _blobs(), _blobs(), TrainConfig(epochs=1, distill=0.5))
