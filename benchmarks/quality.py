@@ -310,13 +310,42 @@ def readings(setup: str, rows: list[dict], runs: list[dict]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------
 
 
+DEFAULT_ROWS = ("OT (activations) + repair", "CLAFusion linear_cka, add")  # the pipeline's defaults
+
+
+def summary_table(data: dict) -> str:
+    """One line per dataset and setup: parents, baselines and the default fusion, one-shot and finetuned."""
+    epochs = data["settings"]["finetune_epochs"]
+    header = ["dataset", "setup", "A", "B", "ensemble", "vanilla", "fused one-shot", "CLAFusion, chosen on val.",
+              f"A + {epochs} ep", f"B + {epochs} ep", f"vanilla + {epochs} ep", f"fused + {epochs} ep",
+              f"chosen on val. + {epochs} ep", "finetune lr"]
+    lines = []
+    for dataset, setups in data["datasets"].items():
+        for setup, entry in setups.items():
+            runs = entry["runs"]
+            default = next(name for name in DEFAULT_ROWS if name in runs[0]["variants"])
+            chosen = [r.get("chosen_on_validation") for r in runs]
+            column = [[r["parents"]["model_a"] for r in runs], [r["parents"]["model_b"] for r in runs],
+                      [r["parents"]["ensemble"] for r in runs], [r["parents"]["vanilla"] for r in runs],
+                      [r["variants"][default]["one_shot"] for r in runs],
+                      [c and c["one_shot"] for c in chosen],
+                      [r.get("parents_finetuned", {}).get("model_a") for r in runs],
+                      [r.get("parents_finetuned", {}).get("model_b") for r in runs],
+                      [r.get("vanilla_finetuned") for r in runs],
+                      [r["variants"][default]["finetuned"] for r in runs],
+                      [c and c.get("finetuned") for c in chosen]]
+            lines.append([dataset, setup, *(common.fmt_pct(values) for values in column), f"{entry['finetune_lr']:g}"])
+    return common.markdown_table(header, lines)
+
+
 def render(path: Path) -> int:
-    """Print the tables and readings of a results file again (e.g. for the README)."""
+    """Print the summary, tables and readings of a results file again (e.g. for the README)."""
     import json
 
     data = json.loads(path.read_text())
     epochs = data["settings"]["finetune_epochs"]
-    print(f"<!-- {data['command']} — {data['date']} -->")
+    print(f"<!-- {data['command']} — {data['date']} -->\n")
+    print(summary_table(data))
     for dataset, setups in data["datasets"].items():
         for setup, entry in setups.items():
             rows = table_rows(entry["runs"], epochs)
@@ -433,6 +462,9 @@ def main(argv=None) -> int:
             markdown.append(section)
             print("\n" + section, flush=True)
     result["markdown"] = "\n\n".join(markdown)
+    if result["datasets"]:
+        result["summary_markdown"] = summary_table(result)
+        print("\n" + result["summary_markdown"], flush=True)
     result["wall_s"] = time.perf_counter() - started
     path = common.write_json(out_dir, f"{name}.json", result)
     print(f"\nwrote {path} in {result['wall_s']:.0f} s (load average now {common.load_average()})")
