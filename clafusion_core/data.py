@@ -312,16 +312,28 @@ def _locate(name: str, root: str | os.PathLike[str] | None) -> tuple:
     return _locate_cifar(name, root_dir)
 
 
-def _idx_files_in(folder: str) -> dict[str, str]:
-    """Map each of the four IDX file names to its path in ``folder`` (plain preferred over ``.gz``)."""
-    found = {}
-    for base in _IDX_FILES:
-        for candidate in (base, base + ".gz"):
-            path = os.path.join(folder, candidate)
-            if os.path.isfile(path):
-                found[base] = path
-                break
-    return found
+def _search_folders(folders: list[str], names: tuple[str, ...],
+                    suffixes: tuple[str, ...] = ("",)) -> tuple[str | None, dict[str, str], list[str]]:
+    """Where a dataset's files are: ``(folder, {name: path}, missing names)``.
+
+    The first folder holding every name wins (``missing`` empty); else the first holding some of them, so
+    the error can say which are missing; else ``(None, {}, all names)``. A name may carry any of
+    ``suffixes`` (the first that exists wins, e.g. plain before ``.gz``).
+    """
+    partial = None
+    for folder in folders:
+        found = {}
+        for name in names:
+            candidates = (os.path.join(folder, name + suffix) for suffix in suffixes)
+            path = next((c for c in candidates if os.path.isfile(c)), None)
+            if path is not None:
+                found[name] = path
+        missing = [name for name in names if name not in found]
+        if not missing:
+            return folder, found, []
+        if found and partial is None:
+            partial = (folder, found, missing)
+    return partial or (None, {}, list(names))
 
 
 def _locate_idx(name: str, root_dir: str | None) -> tuple:
@@ -339,15 +351,10 @@ def _locate_idx(name: str, root_dir: str | None) -> tuple:
         folders += [root_dir, os.path.join(root_dir, _IDX_SUBDIR[name])]
     if name == "fashion-mnist":
         folders.append(DEBIAN_FASHION_MNIST_DIR)  # read at call time, so it can be redirected
-    partial = None
-    for folder in folders:
-        found = _idx_files_in(folder)
-        if len(found) == len(_IDX_FILES):
-            return ("idx",) + tuple(_file_key(found[base]) for base in _IDX_FILES)
-        if found and partial is None:
-            partial = (folder, [base for base in _IDX_FILES if base not in found])
-    if partial is not None:
-        folder, missing = partial
+    folder, found, missing = _search_folders(folders, _IDX_FILES, ("", ".gz"))
+    if folder is not None and not missing:
+        return ("idx",) + tuple(_file_key(found[base]) for base in _IDX_FILES)
+    if folder is not None:
         raise DatasetError(f"The {pretty} files in {folder} are incomplete (missing {', '.join(missing)}): "
                            f"put all four of {files_text} there{apt_hint}.")
     searched = ", ".join(folders)
@@ -367,17 +374,12 @@ def _locate_cifar(name: str, root_dir: str | None) -> tuple:
         raise DatasetError(f"The data root {root_dir} does not exist: {howto}.")
     # torchvision's layout first; the batch folder itself is accepted too.
     folders = [os.path.join(root_dir, folder_name), root_dir]
-    best = None
-    for folder in folders:
-        present = [f for f in needed if os.path.isfile(os.path.join(folder, f))]
-        if len(present) == len(needed):
-            meta_path = os.path.join(folder, meta_file)
-            meta = _file_key(meta_path) if os.path.isfile(meta_path) else None
-            return ("cifar",) + tuple(_file_key(os.path.join(folder, f)) for f in needed) + (meta,)
-        if present and best is None:
-            best = (folder, [f for f in needed if f not in present])
-    if best is not None:
-        folder, missing = best
+    folder, found, missing = _search_folders(folders, needed)
+    if folder is not None and not missing:
+        meta_path = os.path.join(folder, meta_file)
+        meta = _file_key(meta_path) if os.path.isfile(meta_path) else None
+        return ("cifar",) + tuple(_file_key(found[f]) for f in needed) + (meta,)
+    if folder is not None:
         raise DatasetError(f"The {pretty} files in {folder} are incomplete (missing {', '.join(missing)}): "
                            f"{howto}.")
     raise DatasetError(f"No {pretty} files were found in {folders[0]}: {howto}.")
