@@ -15,9 +15,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(script: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out), *extra],
+def _run_quick(script: str, out: Path) -> tuple[Path, subprocess.CompletedProcess, dict]:
+    """Run ``benchmarks/<script> --quick`` into ``out``; returns the folder, the process and its results JSON."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc, json.loads((out / f"{Path(script).stem}-quick.json").read_text())
 
 
 def _numbers(value):
@@ -45,18 +48,12 @@ def _check_machine(data: dict) -> None:
 
 @pytest.fixture(scope="module")
 def speed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("speed")
-    proc = _run("speed.py", out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc, json.loads((out / "speed-quick.json").read_text())
+    return _run_quick("speed.py", tmp_path_factory.mktemp("speed"))
 
 
 @pytest.fixture(scope="module")
 def quality(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quality")
-    proc = _run("quality.py", out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc, json.loads((out / "quality-quick.json").read_text())
+    return _run_quick("quality.py", tmp_path_factory.mktemp("quality"))
 
 
 def test_speed_quick_writes_results(speed):
@@ -119,9 +116,7 @@ def test_quality_quick_writes_results(quality):
 
 
 def test_finetune_quick_compares_distillation_with_labels_alone(tmp_path):
-    proc = _run("finetune.py", tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads((tmp_path / "finetune-quick.json").read_text())
+    _, proc, data = _run_quick("finetune.py", tmp_path)
     _check_machine(data)
     assert data["benchmark"] == "finetune" and "| dataset |" in proc.stdout
     assert all(math.isfinite(x) for x in _numbers(data))
