@@ -35,6 +35,7 @@ UPLOAD_A, UPLOAD_B = "upload_a", "upload_b"   # file_uploader widgets (not re-as
 
 COST = "cost"
 PROBE_SIZE = "probe_size"
+PROBE_SIZES = [None, 100, 200, 500, 1000, 2000, 5000]   # None: the dataset's default
 ACTIVATION = "activation"
 CONV_FEATURES = "conv_features"
 PIN_FIRST = "pin_first"
@@ -145,7 +146,7 @@ def uploaded_bytes(key: str) -> bytes | None:
 def alignment_config(pair: PairChoice) -> FusionConfig:
     """The settings that determine the cost matrix and the DP alignment (nothing else varies)."""
     return FusionConfig(dataset=pair.dataset, data_root=pair.data_root, cost=st.session_state[COST],
-                        probe_size=int(st.session_state[PROBE_SIZE]), activation=st.session_state[ACTIVATION],
+                        probe_size=st.session_state[PROBE_SIZE], activation=st.session_state[ACTIVATION],
                         conv_features=st.session_state[CONV_FEATURES], pin_first=bool(st.session_state[PIN_FIRST]),
                         pin_last=bool(st.session_state[PIN_LAST]))
 
@@ -183,10 +184,8 @@ def override_rev() -> int:
 
 
 def same_fusion(a: FusionConfig, b: FusionConfig) -> bool:
-    """Whether two configs fuse the same way (finetuning settings aside)."""
-    finetune = dict(finetune_epochs=0, finetune_lr=_DEFAULT.finetune_lr, optimizer=_DEFAULT.optimizer,
-                    finetune_parents=False)
-    return replace(a, **finetune) == replace(b, **finetune)
+    """Whether two configs fuse the same way (finetuning settings aside; the library decides which)."""
+    return a.fusion_key() == b.fusion_key()
 
 
 def result(pair: PairChoice) -> FusionResult | None:

@@ -87,7 +87,14 @@ def variants(setup: str, family: str, quick: bool) -> list[dict]:
              config=dict(cost="linear_cka", input_scaling="sum", repair=False), finetune=False, group="ablation"),
         dict(name="CLAFusion linear_cka, add, weights ground metric",
              config=dict(cost="linear_cka", ground_metric="weights"), finetune=False, group="ablation"),
+        dict(name="CLAFusion linear_cka, add, inserted layers averaged",
+             config=dict(cost="linear_cka", inserted_weight="average"), finetune=False, group="ablation"),
+        dict(name="CLAFusion linear_cka, add, probe 200",
+             config=dict(cost="linear_cka", probe_size=200), finetune=False, group="ablation"),
     ]
+    if family != "mlp":
+        rows.append(dict(name="CLAFusion linear_cka, add, ground metric on channel means",
+                         config=dict(cost="linear_cka", ground_conv_features="pool"), finetune=False, group="ablation"))
     return rows
 
 

@@ -35,16 +35,16 @@ import common  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from clafusion_core.activations import group_activations  # noqa: E402
 from clafusion_core.alignment import align_layers  # noqa: E402
 from clafusion_core.balancing import balance  # noqa: E402
 from clafusion_core.baselines import ensemble_accuracy  # noqa: E402
 from clafusion_core.data import load_dataset  # noqa: E402
 from clafusion_core.models import build_model  # noqa: E402
-from clafusion_core.otfusion import OTOptions, fuse_models, transport_plan  # noqa: E402
+from clafusion_core.methods import METHODS, FusionBatch  # noqa: E402
+from clafusion_core.otfusion import OTOptions, fuse_models, ground_activations, transport_plan  # noqa: E402
 from clafusion_core.pipeline import (FusionConfig, compute_activations, compute_alignment,  # noqa: E402
                                      finetune_teacher, fuse_balanced, probe_inputs, run_fusion, stage_pins)
-from clafusion_core.repair import repair_statistics  # noqa: E402
+from clafusion_core.repair import repair_statistics, with_biases  # noqa: E402
 from clafusion_core.similarity import METRICS, cost_matrix  # noqa: E402
 from clafusion_core.train import TrainConfig, evaluate, finetune, reset_batchnorm  # noqa: E402
 from clafusion_core.zoo import DEMO_PAIRS, load_demo_pair  # noqa: E402
@@ -116,18 +116,21 @@ def stage_timings(label: str, model_a, model_b, splits, repeats: int, finetune_e
             lambda: balance(model_a, model_b, alignment.mappings, "merge", probe), repeats)
     balanced = balance(model_a, model_b, alignment.mappings, "add", probe)
     bal_a, bal_b = balanced.model_a.to(dev), balanced.model_b.to(dev)
-    t["ot_group_activations"] = common.timeit(lambda: (group_activations(bal_a, probe), group_activations(bal_b, probe)),
-                                              repeats, sync=sync)
-    ga, gb = group_activations(bal_a, probe), group_activations(bal_b, probe)
+    options = OTOptions()
+    t["ot_group_activations"] = common.timeit(
+        lambda: (ground_activations(bal_a, probe, options), ground_activations(bal_b, probe, options)), repeats, sync=sync)
+    ga, gb = ground_activations(bal_a, probe, options), ground_activations(bal_b, probe, options)
     for name, options in (("ot_fuse_activations_emd", OTOptions()),
                           ("ot_fuse_activations_sinkhorn", OTOptions(solver="sinkhorn")),
                           ("ot_fuse_weights_emd", OTOptions(ground_metric="weights"))):
         t[name] = common.timeit(lambda o=options: fuse_models(bal_a, bal_b, o, acts_a=ga, acts_b=gb), repeats, sync=sync)
-    fused = fuse_models(bal_a, bal_b, OTOptions(), acts_a=ga, acts_b=gb)
-    t["repair"] = common.timeit(lambda: repair_statistics(_copy(fused.model), bal_a, bal_b, fused.plans, probe),
+    fused = METHODS["ot"].fuse([bal_a, bal_b], 1, [0.5, 0.5], FusionBatch(probe), OTOptions())
+    t["repair"] = common.timeit(lambda: repair_statistics(with_biases(_copy(fused.model)), [bal_a, bal_b],
+                                                          fused.correspondence, [0.5, 0.5], probe),
                                 repeats, sync=sync)
     t["bn_reset"] = common.timeit(lambda: reset_batchnorm(_copy(fused.model), splits.train, dev), repeats, sync=sync)
-    t["fuse_balanced_total"] = common.timeit(lambda: fuse_balanced(balanced, probe, splits, config, dev), repeats,
+    t["fuse_balanced_total"] = common.timeit(lambda: fuse_balanced(balanced, FusionBatch(probe), splits, config, dev),
+                                             repeats,
                                              sync=sync)
     t["evaluate_one_model"] = common.timeit(lambda: evaluate(fused.model, splits.test, dev), repeats, sync=sync)
     t["ensemble_accuracy"] = common.timeit(lambda: ensemble_accuracy([model_a, model_b], splits.test, dev), repeats,

@@ -21,6 +21,9 @@ CONV_MODES = ("pool", "flatten")
 
 
 def _as_matrix(output: torch.Tensor, conv: str) -> torch.Tensor:
+    """``[samples, features]``; conv maps pooled (``pool``), flattened (``flatten``) or left as they are (``none``)."""
+    if conv == "none":
+        return output
     if output.dim() == 4:
         return output.mean(dim=(2, 3)) if conv == "pool" else output.flatten(1)
     return output.flatten(1)
@@ -61,16 +64,33 @@ def unit_activations(model: nn.Module, inputs: torch.Tensor, *, pre: bool = Fals
     return [[probe_matrix(outputs, u.probe, pre=pre, conv=conv) for u in stage] for stage in view.stages]
 
 
-def group_activations(model: nn.Module, inputs: torch.Tensor, view: ModelView | None = None) -> dict[str, torch.Tensor]:
-    """Post-activations of every transport group, ``[samples, neurons]`` (conv channels pooled).
+def _positions_as_samples(output: torch.Tensor) -> torch.Tensor:
+    """A conv map ``[N, C, H, W]`` as ``[N·H·W, C]``: every sample and position is a row."""
+    return output.permute(0, 2, 3, 1).reshape(-1, output.shape[1]) if output.dim() == 4 else output.flatten(1)
 
-    A residual stream is seen at several places (after the stem and after each block): their samples
-    are stacked, so the stream's neurons are compared on all of them.
+
+def group_activations(model: nn.Module, inputs: torch.Tensor, view: ModelView | None = None, *, pre: bool = False,
+                      conv: str = "positions", max_rows: int | None = None) -> dict[str, torch.Tensor]:
+    """Activations of every transport group as ``[rows, neurons]`` (post-ReLU unless ``pre``).
+
+    For conv maps ``conv="positions"`` makes every sample *and position* a row, so two channels are
+    compared on their whole maps; ``"pool"`` averages each channel over space first. A residual stream
+    is seen at several places (after the stem and after each block): their rows are stacked, so the
+    stream's neurons are compared on all of them. ``max_rows`` keeps every k-th row (the same rows for
+    every model given the same inputs) to bound memory on large maps.
     """
     view = view or model_view(model)
     outputs = record_outputs(model, inputs, {p.module for probes in view.groups.values() for p in probes})
-    return {group: torch.cat([probe_matrix(outputs, p) for p in probes])
-            for group, probes in view.groups.items() if probes}
+    result = {}
+    for group, probes in view.groups.items():
+        if not probes:
+            continue
+        maps = [probe_matrix(outputs, p, pre=pre, conv="none") for p in probes]
+        rows = torch.cat([_positions_as_samples(m) if conv == "positions" else _as_matrix(m, "pool") for m in maps])
+        if max_rows is not None and len(rows) > max_rows:
+            rows = rows[::-(-len(rows) // max_rows)]
+        result[group] = rows
+    return result
 
 
 def layer_pre_activations(model: nn.Module, inputs: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .train import accuracy_of_logits, predict_logits
+from .train import accuracy_of_logits, cached_logits, predict_logits
 
 
 @torch.no_grad()
@@ -35,6 +35,6 @@ def teacher_logits(models: list[nn.Module], inputs: torch.Tensor, device: torch.
 
 def ensemble_accuracy(models: list[nn.Module], dataset: TensorDataset, device: torch.device | str = "cpu") -> float:
     """Accuracy of the mean of the models' softmax outputs (costs the sum of their sizes)."""
-    inputs, labels = dataset.tensors
-    probabilities = sum(torch.softmax(predict_logits(m, inputs, device), 1) for m in models) / len(models)
+    labels = dataset.tensors[1]
+    probabilities = sum(torch.softmax(cached_logits(m, dataset, device), 1) for m in models) / len(models)
     return accuracy_of_logits(probabilities, labels)

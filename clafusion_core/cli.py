@@ -23,8 +23,9 @@ from .data import DATASETS, load_dataset
 from .devices import DEVICES
 from .errors import FusionError
 from .models import build_model
-from .otfusion import GROUND_METRICS, INPUT_SCALINGS, MARGINALS, SOLVERS
-from .pipeline import FusionConfig, compute_activations, compute_alignment, describe_model, order_pair, \
+from .methods import METHODS
+from .otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, INPUT_SCALINGS, MARGINALS, SOLVERS
+from .pipeline import INSERTED_WEIGHTS, FusionConfig, compute_activations, compute_alignment, describe_model, order_pair, \
     probe_inputs, run_fusion
 from .similarity import METRICS
 from .train import OPTIMIZERS, TrainConfig, evaluate, train_model
@@ -51,7 +52,8 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_alignment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cost", default=DEFAULTS.cost, choices=METRICS, help="layer cost metric")
-    parser.add_argument("--probe-size", type=int, default=DEFAULTS.probe_size)
+    parser.add_argument("--probe-size", type=int, default=DEFAULTS.probe_size,
+                        help="probe batch size (default: the dataset's, e.g. 1000 for digits and Fashion-MNIST)")
     parser.add_argument("--probe-seed", type=int, default=DEFAULTS.probe_seed)
     parser.add_argument("--activation", default=DEFAULTS.activation, choices=("post", "pre"))
     parser.add_argument("--conv-features", default=DEFAULTS.conv_features, choices=CONV_MODES)
@@ -63,7 +65,14 @@ def _add_alignment_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--balance", default=DEFAULTS.balance, choices=BALANCE_METHODS)
+    parser.add_argument("--method", default=DEFAULTS.method, choices=sorted(METHODS), help="fusion method")
     parser.add_argument("--ground-metric", default=DEFAULTS.ground_metric, choices=GROUND_METRICS)
+    parser.add_argument("--ground-activation", default=DEFAULTS.ground_activation, choices=GROUND_ACTIVATIONS,
+                        help="activations of the OT ground metric (its own, not the cost matrix's --activation)")
+    parser.add_argument("--ground-conv-features", default=DEFAULTS.ground_conv_features, choices=GROUND_CONV_FEATURES,
+                        help="conv maps in the OT ground metric: every position a sample, or the channel mean")
+    parser.add_argument("--inserted-weight", default=DEFAULTS.inserted_weight, choices=INSERTED_WEIGHTS,
+                        help="layers balancing inserted: keep the deeper model's layer, or average with the identity")
     parser.add_argument("--solver", default=DEFAULTS.solver, choices=SOLVERS)
     parser.add_argument("--sinkhorn-reg", type=float, default=DEFAULTS.sinkhorn_reg)
     parser.add_argument("--fusion-weight", type=float, default=DEFAULTS.fusion_weight,

@@ -294,8 +294,13 @@ def build_model(spec: ArchSpec | str, input_shape: tuple[int, int, int], num_cla
 
 
 def rebuild(model: nn.Module, spec: ArchSpec) -> nn.Module:
-    """An untrained model of another spec with the same input shape and classes."""
-    return build_model(spec, model.input_shape, model.num_classes)
+    """An untrained model of another spec with the same input shape and classes.
+
+    Its weights are to be overwritten, so the initialisation draws from a forked RNG: the caller's
+    global random state is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return build_model(spec, model.input_shape, model.num_classes)
 
 
 def with_stage_depths(spec: ArchSpec, depths: list[int], unit_widths: list[list[int]]) -> ArchSpec:

@@ -1,8 +1,10 @@
-"""Layer-wise optimal-transport fusion (OTFusion, Singh & Jaggi 2020) of two models of equal depth.
+"""Layer-wise optimal-transport fusion (OTFusion, Singh & Jaggi 2020) of models of equal depth.
 
-Model A is aligned onto model B and the two are averaged; the fused model has B's widths. For each
-weight layer ℓ in forward order, with T_ℓ the (n_A × n_B) transport plan of the group ℓ writes to and
-α, β its marginals:
+OT fusion is *align, then average*: every parent is re-expressed in the neuron basis of a target
+(the reference parent), then the aligned parents are averaged. The plans never depend on the
+averaging weights, so one alignment serves every weight (the s slider, a loss-barrier curve, N-model
+fusion). For each weight layer ℓ in forward order, with T_ℓ the (n_A × n_B) transport plan of the
+group ℓ writes to and α, β its marginals:
 
 1. **Input correction** — A's incoming weights are re-indexed by the plan of the layer below:
    ``W_A ← W_A · T_{ℓ−1} · diag(1/β_{ℓ−1})`` (``input_scaling="average"``, the reference behaviour)
@@ -10,11 +12,12 @@ weight layer ℓ in forward order, with T_ℓ the (n_A × n_B) transport plan of
    back into the original. The first layer reads the data (T = I).
 2. **Ground metric** ``M[i, k]`` — Euclidean distance between neuron i of A and neuron k of B:
    their corrected weight rows with bias and BatchNorm parameters appended (``"weights"``), or their
-   activation vectors on the probe batch (``"activations"``).
+   activation vectors on the probe batch (``"activations"``; a conv channel's vector holds its value at
+   every sample *and position*, which matches channels far better than their spatial means).
 3. **Transport** — ``T = argmin_{T ∈ Π(α, β)} ⟨T, M⟩``: exact (POT ``ot.emd``) or entropic (POT
    ``ot.sinkhorn`` in the log domain, regularisation relative to ``M / max M``).
-4. **Align and fuse** — ``Ŵ_A = diag(1/β) · Tᵀ · W_A`` (bias and every BatchNorm vector alike), then
-   ``W_F = (1 − s)·Ŵ_A + s·W_B``.
+4. **Align** — ``Ŵ_A = diag(1/β) · Tᵀ · W_A`` (bias and every BatchNorm vector alike): :func:`align_onto`.
+5. **Average** — ``W_F = Σ_k w_k Ŵ_k`` with per-layer weights where wanted: :func:`weighted_average`.
 
 The logits layer gets the input correction only (classes are never permuted). Layers writing into one
 residual stream share its plan: the first writer computes it, the others reuse it.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,28 +45,37 @@ GROUND_METRICS = ("activations", "weights")
 SOLVERS = ("emd", "sinkhorn")
 INPUT_SCALINGS = ("average", "sum")
 MARGINALS = ("uniform", "importance")
+GROUND_ACTIVATIONS = ("post", "pre")
+GROUND_CONV_FEATURES = ("positions", "pool")
+MAX_GROUND_ROWS = 50_000   # samples × positions kept for one group's activation distances (bounded memory)
 
 
 @dataclass(frozen=True)
 class OTOptions:
-    """How to fuse; every field maps to a CLI flag and an app widget."""
+    """How OT aligns neurons; every field maps to a CLI flag and an app widget.
+
+    ``ground_activation`` and ``ground_conv_features`` choose the activations of the ``activations`` ground metric
+    (independent of the alignment's cost matrix): post- or pre-ReLU, and for conv maps every position
+    as a sample (``positions``) or the spatial mean per channel (``pool``).
+    """
 
     ground_metric: str = "activations"
     solver: str = "emd"
     sinkhorn_reg: float = 0.01
-    fusion_weight: float = 0.5        # s, the weight of model B
     input_scaling: str = "average"
     marginals: str = "uniform"
+    ground_activation: str = "post"
+    ground_conv_features: str = "positions"
     squared: bool = False
     input_correction: bool = True     # off only to demonstrate why it is needed
 
     def __post_init__(self):
         for name, allowed in (("ground_metric", GROUND_METRICS), ("solver", SOLVERS),
-                              ("input_scaling", INPUT_SCALINGS), ("marginals", MARGINALS)):
+                              ("input_scaling", INPUT_SCALINGS), ("marginals", MARGINALS),
+                              ("ground_activation", GROUND_ACTIVATIONS),
+                              ("ground_conv_features", GROUND_CONV_FEATURES)):
             if getattr(self, name) not in allowed:
                 raise AlignmentError(f"Unknown {name.replace('_', ' ')} '{getattr(self, name)}'; choose one of {allowed}.")
-        if not 0.0 <= self.fusion_weight <= 1.0:
-            raise AlignmentError("The fusion weight s must lie between 0 (all A) and 1 (all B).")
         if self.sinkhorn_reg <= 0:
             raise AlignmentError("The Sinkhorn regularisation must be positive, e.g. 0.01.")
 
@@ -77,9 +90,11 @@ class Transport:
 
 
 @dataclass
-class FusedModel:
+class AlignedModel:
+    """A parent re-expressed in the target's neuron basis (the target's architecture and widths)."""
+
     model: nn.Module
-    plans: dict[str, np.ndarray] = field(default_factory=dict)   # group -> plan (n_A × n_B)
+    plans: dict[str, np.ndarray] = field(default_factory=dict)   # group -> plan (n_parent × n_target)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -108,17 +123,25 @@ def transport_plan(cost: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, 
     return plan.to(cost.dtype), message
 
 
-def _params(model: nn.Module, layer: WeightLayer) -> dict[str, torch.Tensor]:
-    """The layer's tensors, weight first: weight [out, in, k], bias and BatchNorm vectors [out]."""
+def layer_tensors(model: nn.Module, layer: WeightLayer) -> dict[str, torch.Tensor]:
+    """The layer's parameters and buffers by role: weight [out, in, k], bias and BatchNorm vectors [out].
+
+    These are the module's own tensors (not copies), so fusion writes through them.
+    """
     module = model.get_submodule(layer.name)
-    out = {"weight": module.weight.detach().reshape(module.weight.shape[0], -1)}
+    out = {"weight": module.weight}
     if module.bias is not None:
-        out["bias"] = module.bias.detach()
+        out["bias"] = module.bias
     if layer.bn:
         bn = model.get_submodule(layer.bn)
-        out.update({"bn.weight": bn.weight.detach(), "bn.bias": bn.bias.detach(),
+        out.update({"bn.weight": bn.weight, "bn.bias": bn.bias,
                     "bn.running_mean": bn.running_mean, "bn.running_var": bn.running_var})
     return out
+
+
+def _rows(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor as ``[out, -1]`` values (a copy when the memory layout needs one, e.g. channels_last)."""
+    return {k: v.detach().reshape(v.shape[0], -1) for k, v in tensors.items()}
 
 
 def _correct_input(weight: torch.Tensor, transport: Transport, scaling: str) -> torch.Tensor:
@@ -142,58 +165,123 @@ def _marginal(rows: torch.Tensor, kind: str) -> torch.Tensor:
     return importance / importance.sum()
 
 
-@torch.no_grad()
-def fuse_models(model_a: nn.Module, model_b: nn.Module, options: OTOptions = OTOptions(), *,
-                acts_a: dict[str, torch.Tensor] | None = None,
-                acts_b: dict[str, torch.Tensor] | None = None) -> FusedModel:
-    """Fuse two balanced models of equal depth; the result has B's architecture and widths.
-
-    ``acts_a`` / ``acts_b`` map each transport group to its ``[samples, neurons]`` activations and are
-    required for the ``activations`` ground metric (see :func:`~.activations.group_activations`).
-    """
-    view_a, view_b = model_view(model_a), model_view(model_b)
-    if [l.name for l in view_a.layers] != [l.name for l in view_b.layers]:
-        raise AlignmentError("The two models do not have the same layers after balancing; "
+def _check_same_layers(models: Sequence[nn.Module]) -> list[WeightLayer]:
+    views = [model_view(m) for m in models]
+    names = [l.name for l in views[0].layers]
+    if any([l.name for l in v.layers] != names for v in views[1:]):
+        raise AlignmentError("The models do not have the same layers after balancing; "
                              "balance them first (they must be of the same family and depth).")
-    if options.ground_metric == "activations" and (acts_a is None or acts_b is None):
+    return views[0].layers
+
+
+def ground_activations(model: nn.Module, probe: torch.Tensor, options: OTOptions) -> dict[str, torch.Tensor]:
+    """Each transport group's ``[rows, neurons]`` activations for the ``activations`` ground metric."""
+    from .activations import group_activations
+
+    return group_activations(model, probe, pre=options.ground_activation == "pre", conv=options.ground_conv_features,
+                             max_rows=MAX_GROUND_ROWS)
+
+
+@torch.no_grad()
+def align_onto(model: nn.Module, target: nn.Module, options: OTOptions = OTOptions(), *,
+               acts: dict[str, torch.Tensor] | None = None,
+               acts_target: dict[str, torch.Tensor] | None = None) -> AlignedModel:
+    """Re-express ``model`` in ``target``'s neuron basis (steps 1–4 of the module docstring).
+
+    The result has the target's architecture and widths; for equal widths it computes exactly what
+    ``model`` computes (T is then a scaled permutation). ``acts`` / ``acts_target`` map each transport
+    group to its ``[rows, neurons]`` activations (:func:`ground_activations`) and are required for the
+    ``activations`` ground metric.
+    """
+    layers = _check_same_layers([model, target])
+    if options.ground_metric == "activations" and (acts is None or acts_target is None):
         raise AlignmentError("The activations ground metric needs probe activations of both models.")
-    fused = copy.deepcopy(model_b)
-    s = options.fusion_weight
+    aligned = copy.deepcopy(target)
     transports: dict[str, Transport] = {}
     plans, messages = {}, []
-    for layer in view_a.layers:
-        pa, pb = _params(model_a, layer), _params(model_b, layer)
-        weight_a = pa["weight"]
+    for layer in layers:
+        pa, pb = _rows(layer_tensors(model, layer)), _rows(layer_tensors(target, layer))
         if layer.in_group is not None and options.input_correction:
-            weight_a = _correct_input(weight_a, transports[layer.in_group], options.input_scaling)
-        pa["weight"] = weight_a
-        if weight_a.shape[1] != pb["weight"].shape[1]:
-            raise AlignmentError(f"Layer {layer.name} reads {weight_a.shape[1]} inputs in A but "
-                                 f"{pb['weight'].shape[1]} in B; turn the input correction on.")
-        if layer.out_group is None:
-            aligned = pa
-        else:
+            pa["weight"] = _correct_input(pa["weight"], transports[layer.in_group], options.input_scaling)
+        if pa["weight"].shape[1] != pb["weight"].shape[1]:
+            raise AlignmentError(f"Layer {layer.name} reads {pa['weight'].shape[1]} inputs in one model but "
+                                 f"{pb['weight'].shape[1]} in the other; turn the input correction on.")
+        if layer.out_group is not None:
             transport = transports.get(layer.out_group)
             if transport is None:
-                rows_a = torch.cat([v.reshape(v.shape[0], -1) for k, v in pa.items() if "running" not in k], 1)
-                rows_b = torch.cat([v.reshape(v.shape[0], -1) for k, v in pb.items() if "running" not in k], 1)
-                if options.ground_metric == "weights":
-                    cost = torch.cdist(rows_a.double(), rows_b.double())
-                else:
-                    cost = torch.cdist(acts_a[layer.out_group].T.double(), acts_b[layer.out_group].T.double())
-                if options.squared:
-                    cost = cost ** 2
-                alpha = _marginal(rows_a.double(), options.marginals)
-                beta = _marginal(rows_b.double(), options.marginals)
-                plan, message = transport_plan(cost, alpha, beta, options.solver, options.sinkhorn_reg)
+                transport, message = _group_transport(layer.out_group, pa, pb, options, acts, acts_target)
+                transports[layer.out_group] = transport
+                plans[layer.out_group] = transport.plan.cpu().numpy()
                 if message:
                     messages.append(f"{layer.out_group}: {message}")
-                transport = Transport(plan.float(), alpha.float(), plan.float().sum(0))
-                transports[layer.out_group] = transport
-                plans[layer.out_group] = plan.cpu().numpy()
             mixer = (transport.plan / transport.beta[None, :]).T     # diag(1/β) · Tᵀ
-            aligned = {k: mixer @ v.reshape(v.shape[0], -1) for k, v in pa.items()}
-        target = _params(fused, layer)
-        for key, value_b in pb.items():
-            target[key].copy_((1 - s) * aligned[key].reshape(value_b.shape) + s * value_b)
-    return FusedModel(fused, plans, messages)
+            pa = {k: mixer @ v for k, v in pa.items()}
+        for key, tensor in layer_tensors(aligned, layer).items():
+            tensor.copy_(pa[key].reshape(tensor.shape))
+    return AlignedModel(aligned, plans, messages)
+
+
+def _group_transport(group: str, rows_a: dict[str, torch.Tensor], rows_b: dict[str, torch.Tensor], options: OTOptions,
+                     acts_a: dict[str, torch.Tensor] | None,
+                     acts_b: dict[str, torch.Tensor] | None) -> tuple[Transport, str | None]:
+    """The plan of one group from its first writer: ground metric, marginals, solver."""
+    flat_a = torch.cat([v for k, v in rows_a.items() if "running" not in k], 1).double()
+    flat_b = torch.cat([v for k, v in rows_b.items() if "running" not in k], 1).double()
+    if options.ground_metric == "weights":
+        cost = torch.cdist(flat_a, flat_b)
+    else:
+        cost = torch.cdist(acts_a[group].T.double(), acts_b[group].T.double())
+    if options.squared:
+        cost = cost ** 2
+    alpha, beta = _marginal(flat_a, options.marginals), _marginal(flat_b, options.marginals)
+    plan, message = transport_plan(cost, alpha, beta, options.solver, options.sinkhorn_reg)
+    plan = plan.float()
+    return Transport(plan, alpha.float(), plan.sum(0)), message
+
+
+def state_keys_by_layer(model: nn.Module) -> dict[str, str]:
+    """``state_dict`` key → the weight layer it belongs to (its weight, bias and BatchNorm tensors)."""
+    keys = {}
+    for layer in model_view(model).layers:
+        for role in layer_tensors(model, layer):
+            keys[f"{layer.bn}.{role[3:]}" if role.startswith("bn.") else f"{layer.name}.{role}"] = layer.name
+    return keys
+
+
+@torch.no_grad()
+def weighted_average(models: Sequence[nn.Module], weights: Sequence[float],
+                     layer_weights: dict[str, Sequence[float]] | None = None) -> nn.Module:
+    """``θ_F = Σ_k w_k θ_k`` over models of one architecture (already aligned onto one basis).
+
+    ``layer_weights`` overrides the weights for the named weight layers (their weight, bias and
+    BatchNorm tensors), e.g. to keep the deeper model's layer where balancing inserted an identity.
+    Integer buffers (BatchNorm's batch counter) are taken from the first model.
+    """
+    if len(models) != len(weights) or not models:
+        raise AlignmentError(f"Got {len(models)} models and {len(weights)} weights; give one weight per model.")
+    states = [m.state_dict() for m in models]
+    owner = state_keys_by_layer(models[0]) if layer_weights else {}
+    averaged = copy.deepcopy(models[0])
+    merged = {}
+    for key, value in states[0].items():
+        if not value.is_floating_point():
+            merged[key] = value
+            continue
+        w = layer_weights.get(owner.get(key), weights) if layer_weights else weights
+        merged[key] = sum(float(wk) * state[key] for wk, state in zip(w, states))
+    averaged.load_state_dict(merged)
+    return averaged
+
+
+def fuse_models(model_a: nn.Module, model_b: nn.Module, options: OTOptions = OTOptions(), *,
+                weight_b: float = 0.5, layer_weights: dict[str, Sequence[float]] | None = None,
+                acts_a: dict[str, torch.Tensor] | None = None,
+                acts_b: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, AlignedModel]:
+    """Fuse two balanced models of equal depth: ``(1 − s)·align_onto(A, B) + s·B``, B's widths.
+
+    Returns the fused model and the aligned A (its plans included).
+    """
+    if not 0.0 <= weight_b <= 1.0:
+        raise AlignmentError("The fusion weight s must lie between 0 (all A) and 1 (all B).")
+    aligned = align_onto(model_a, model_b, options, acts=acts_a, acts_target=acts_b)
+    return weighted_average([aligned.model, model_b], [1 - weight_b, weight_b], layer_weights), aligned

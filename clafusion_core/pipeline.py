@@ -11,6 +11,7 @@ in order, times each one and collects everything ``result.json`` holds.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -20,19 +21,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from .activations import CONV_MODES, group_activations, unit_activations
+from .activations import CONV_MODES, unit_activations
 from .alignment import align_layers, alignment_cost, validate_mapping
 from .balancing import BALANCE_METHODS, Balanced, balance
 from .baselines import ensemble_accuracy, teacher_logits, vanilla_average
-from .data import DataSplits, probe_batch
+from .data import DataSplits, probe_examples
 from .devices import resolve_device
 from .errors import AlignmentError, CheckpointError
 from .layers import model_view
 from .models import count_parameters
-from .otfusion import FusedModel, OTOptions, fuse_models
-from .repair import repair_statistics
+from .methods import FusionBatch, FusionOutput, get_method
+from .otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, OTOptions
+from .repair import repair_statistics, repairable_layers, with_biases
 from .similarity import METRICS, cost_matrix
-from .train import Progress, TrainConfig, evaluate, finetune, reset_batchnorm
+from .train import Progress, TrainConfig, cached_accuracy, evaluate, finetune, reset_batchnorm
+
+
+INSERTED_WEIGHTS = ("deeper", "average")
+FINETUNE_FIELDS = ("finetune_epochs", "finetune_lr", "optimizer", "distill", "distill_temperature", "finetune_parents")
 
 
 @dataclass(frozen=True)
@@ -42,19 +48,23 @@ class FusionConfig:
     dataset: str = "digits"
     data_root: str | None = None
     cost: str = "linear_cka"
-    probe_size: int = 200
+    probe_size: int | None = None      # None: the dataset's default (data.PROBE_SIZES)
     probe_seed: int = 0
     activation: str = "post"           # "post" (after ReLU) or "pre"
     conv_features: str = "pool"        # conv maps: average over space or flatten
     pin_first: bool = True
     pin_last: bool = True
     balance: str = "add"
+    method: str = "ot"
     ground_metric: str = "activations"
+    ground_activation: str = "post"    # the OT ground metric's own activations (not the cost matrix's)
+    ground_conv_features: str = "positions"
     solver: str = "emd"
     sinkhorn_reg: float = 0.01
     fusion_weight: float = 0.5
     input_scaling: str = "average"
     marginals: str = "uniform"
+    inserted_weight: str = "deeper"    # at layers balancing inserted: keep the deeper model's layer, or "average"
     repair: bool = True
     bn_reset: bool = True
     finetune_epochs: int = 0
@@ -74,8 +84,19 @@ class FusionConfig:
             raise AlignmentError(f"Unknown balancing '{self.balance}'; choose one of {BALANCE_METHODS}.")
         if self.activation not in ("pre", "post") or self.conv_features not in CONV_MODES:
             raise AlignmentError("Activations must be 'pre' or 'post' and conv features 'pool' or 'flatten'.")
+        get_method(self.method)
         self.ot_options()  # validates the fusion options
+        if not 0.0 <= self.fusion_weight <= 1.0:
+            raise AlignmentError("The fusion weight s must lie between 0 (all A) and 1 (all B).")
+        if self.inserted_weight not in INSERTED_WEIGHTS:
+            raise AlignmentError(f"Unknown inserted-layer weight '{self.inserted_weight}'; choose one of {INSERTED_WEIGHTS}.")
         self.finetune_config()
+
+    def fusion_key(self) -> FusionConfig:
+        """This config with the finetuning settings at their defaults: two configs with equal keys give the
+        same one-shot fusion (the app's "is this result stale?" check)."""
+        defaults = {name: FusionConfig.__dataclass_fields__[name].default for name in FINETUNE_FIELDS}
+        return replace(self, **defaults)
 
     def finetune_config(self) -> TrainConfig:
         """The training settings of a finetune, shared by the fused model and the parents' fair baseline."""
@@ -84,8 +105,12 @@ class FusionConfig:
 
     def ot_options(self) -> OTOptions:
         return OTOptions(ground_metric=self.ground_metric, solver=self.solver, sinkhorn_reg=self.sinkhorn_reg,
-                         fusion_weight=self.fusion_weight, input_scaling=self.input_scaling,
-                         marginals=self.marginals)
+                         input_scaling=self.input_scaling, marginals=self.marginals,
+                         ground_activation=self.ground_activation, ground_conv_features=self.ground_conv_features)
+
+    def method_options(self):
+        """The options of the chosen fusion method."""
+        return {"ot": self.ot_options}[self.method]()
 
 
 @dataclass
@@ -139,10 +164,12 @@ class FusionResult:
     model_b: nn.Module
     alignment: Alignment
     balanced: Balanced
-    fused: FusedModel
+    fused: FusionOutput
     accuracy: dict[str, float | None]
     timings_s: dict[str, float]
     swapped: bool = False
+    layer_weights: dict[str, list[float]] = field(default_factory=dict)
+    repair: dict = field(default_factory=dict)
     fused_finetuned: nn.Module | None = None
     histories: dict[str, list[float]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -156,6 +183,10 @@ class FusionResult:
                        "fused": describe_model(self.fused.model)},
             "balancing": {"method": self.config.balance, "inserted": self.balanced.inserted,
                           "removed": self.balanced.removed, "exact": self.balanced.exact},
+            "method": self.config.method,
+            "layer_weights": self.layer_weights,
+            "repair": self.repair,
+            "diagnostics": self.fused.diagnostics,
             "accuracy": self.accuracy,
             "histories": self.histories,
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
@@ -187,8 +218,13 @@ def order_pair(model_a: nn.Module, model_b: nn.Module) -> tuple[nn.Module, nn.Mo
     return model_a, model_b, False
 
 
+def fusion_batch(splits: DataSplits, config: FusionConfig) -> FusionBatch:
+    """The probe batch every stage shares (alignment, ground metric, repair, a method's fits), with labels."""
+    return FusionBatch(*probe_examples(splits, config.probe_size, config.probe_seed))
+
+
 def probe_inputs(splits: DataSplits, config: FusionConfig) -> torch.Tensor:
-    return probe_batch(splits, config.probe_size, config.probe_seed)
+    return fusion_batch(splits, config).inputs
 
 
 def compute_activations(model: nn.Module, probe: torch.Tensor, config: FusionConfig) -> list[list[torch.Tensor]]:
@@ -239,24 +275,52 @@ def compute_alignment(acts_a: list[list[torch.Tensor]], acts_b: list[list[torch.
     return Alignment(costs, mappings, optimal, full, notes)
 
 
-def fuse_balanced(balanced: Balanced, probe: torch.Tensor, splits: DataSplits, config: FusionConfig,
-                  device: torch.device) -> tuple[FusedModel, float | None]:
-    """OT fusion, then statistics repair and BatchNorm reset; returns the plain fused accuracy too."""
-    model_a, model_b = balanced.model_a.to(device), balanced.model_b.to(device)
-    probe = probe.to(device)
-    options = config.ot_options()
-    acts_a = acts_b = None
-    if options.ground_metric == "activations":
-        acts_a, acts_b = group_activations(model_a, probe), group_activations(model_b, probe)
-    fused = fuse_models(model_a, model_b, options, acts_a=acts_a, acts_b=acts_b)
-    plain_accuracy = None
+def inserted_layer_weights(balanced: Balanced, weight_b: float, rule: str) -> dict[str, list[float]]:
+    """Per-layer ``[w_A, w_B]`` where they differ from ``[1 − s, s]``.
+
+    Where balancing inserted an identity into B, averaging A's real layer with it at s = 0.5 gives a
+    half-identity neither parent computed; the ``deeper`` rule keeps A's layer there (``[1, 0]``).
+    """
+    if rule == "average" or not balanced.inserted:
+        return {}
+    units = model_view(balanced.model_b).stages
+    inserted = [units[stage][position].name for stage, position in balanced.inserted]
+    return {layer.name: [1.0, 0.0] for layer in model_view(balanced.model_b).layers
+            if any(layer.name == unit or layer.name.startswith(unit + ".") for unit in inserted)}
+
+
+def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, config: FusionConfig,
+                  device: torch.device) -> tuple[FusionOutput, dict[str, list[float]], dict]:
+    """Fuse with the chosen method, then statistics repair (kept only if it helps on validation) and
+    BatchNorm reset. Returns the fusion, the per-layer weights and what repair did."""
+    parents = [balanced.model_a.to(device), balanced.model_b.to(device)]
+    batch = batch.to(device)
+    weights = [1 - config.fusion_weight, config.fusion_weight]
+    layer_weights = inserted_layer_weights(balanced, config.fusion_weight, config.inserted_weight)
+    fused = get_method(config.method).fuse(parents, 1, weights, batch, config.method_options(), layer_weights)
+    report: dict = {"enabled": config.repair, "fused_plain_test": None}
     if config.repair or config.bn_reset:
-        plain_accuracy = evaluate(fused.model, splits.test, device)
-    if config.repair:
-        repair_statistics(fused.model, model_a, model_b, fused.plans, probe, config.fusion_weight)
-    if config.bn_reset:
-        reset_batchnorm(fused.model, splits.train, device)
-    return fused, plain_accuracy
+        report["fused_plain_test"] = evaluate(fused.model, splits.test, device)
+    if not config.repair or not repairable_layers(fused.model):   # BatchNorm everywhere: the reset repairs
+        report["enabled"] = bool(config.repair and repairable_layers(fused.model))
+        _bn_reset(fused.model, splits, config, device)
+        return fused, layer_weights, report
+    repaired = with_biases(copy.deepcopy(fused.model))
+    repair_statistics(repaired, parents, fused.correspondence, weights, batch.inputs, layer_weights)
+    plain, repaired = (_bn_reset(m, splits, config, device) for m in (fused.model, repaired))
+    report.update(added_biases=not fused.model.spec.bias, val_without=evaluate(plain, splits.val, device),
+                  val_with=evaluate(repaired, splits.val, device))
+    report["kept"] = report["val_with"] > report["val_without"]
+    if report["kept"]:
+        fused.model = repaired
+    else:
+        fused.warnings.append("Statistics repair did not improve validation accuracy "
+                              f"({100 * report['val_with']:.2f} vs {100 * report['val_without']:.2f} %), "
+                              "so the fused model is kept without it.")
+    if report["kept"] and report["added_biases"]:
+        fused.warnings.append("Repair gave the fused model biases (its parents had none) so it could shift "
+                              "each neuron's mean; the exported model has them too.")
+    return fused, layer_weights, report
 
 
 @contextmanager
@@ -279,35 +343,35 @@ def run_fusion(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, confi
 
     report(0.02, "activations")
     with _timed(timings, "activations"):
-        probe = probe_inputs(splits, config)
-        acts_a, acts_b = compute_activations(model_a, probe, config), compute_activations(model_b, probe, config)
+        batch = fusion_batch(splits, config)
+        acts_a, acts_b = (compute_activations(m, batch.inputs, config) for m in (model_a, model_b))
     report(0.1, "cost matrix and alignment")
     with _timed(timings, "cost_and_alignment"):
         alignment = compute_alignment(acts_a, acts_b, model_a, config)
     report(0.15, "balancing")
     with _timed(timings, "balancing"):
-        balanced = balance(model_a, model_b, alignment.mappings, config.balance, probe)
-    report(0.2, "OT fusion")
+        balanced = balance(model_a, model_b, alignment.mappings, config.balance, batch.inputs)
+    report(0.2, f"fusion ({get_method(config.method).title})")
     with _timed(timings, "fusion"):
-        fused, plain_accuracy = fuse_balanced(balanced, probe, splits, config, device)
+        fused, layer_weights, repair_report = fuse_balanced(balanced, batch, splits, config, device)
 
     report(0.3, "evaluation")
     with _timed(timings, "evaluation"):
         vanilla = vanilla_average(model_a, model_b, config.fusion_weight)
         accuracy = {
-            "model_a": evaluate(model_a, splits.test, device),
-            "model_b": evaluate(model_b, splits.test, device),
-            "balanced_a": evaluate(balanced.model_a, splits.test, device) if config.balance == "merge" else None,
-            "balanced_b": evaluate(balanced.model_b, splits.test, device),
+            "model_a": cached_accuracy(model_a, splits.test, device),
+            "model_b": cached_accuracy(model_b, splits.test, device),
+            "balanced_a": cached_accuracy(balanced.model_a, splits.test, device) if config.balance == "merge" else None,
+            "balanced_b": cached_accuracy(balanced.model_b, splits.test, device),
             "ensemble": ensemble_accuracy([model_a, model_b], splits.test, device),
             "vanilla": evaluate(_bn_reset(vanilla, splits, config, device), splits.test, device) if vanilla else None,
-            "fused_plain": plain_accuracy,
+            "fused_plain": repair_report.pop("fused_plain_test"),
             "fused": evaluate(fused.model, splits.test, device),
             "fused_finetuned": None,
         }
 
     result = FusionResult(config, model_a, model_b, alignment, balanced, fused, accuracy, timings, swapped,
-                          warnings=warnings)
+                          layer_weights=layer_weights, repair=repair_report, warnings=warnings)
     if config.finetune_epochs > 0:
         finetune_result(result, splits, progress=lambda f, m: report(0.35 + 0.65 * f, m), on_epoch=on_epoch)
     report(1.0, "done")

@@ -13,6 +13,8 @@ labels and the KL divergence to the teacher's softened outputs (Hinton et al., 2
 from __future__ import annotations
 
 import copy
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -93,6 +95,40 @@ def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits
 
 def accuracy_of_logits(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(1) == labels).float().mean().item()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A digest of the architecture and every parameter and buffer: equal digests, equal functions."""
+    digest = hashlib.sha1(str(getattr(model, "spec", type(model).__name__)).encode())
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+_LOGIT_CACHE_SIZE = 16   # models per dataset split
+
+
+def cached_logits(model: nn.Module, dataset: TensorDataset, device: torch.device | str = "cpu") -> torch.Tensor:
+    """:func:`predict_logits` on a split, remembered per (model weights, split).
+
+    A run evaluates the parents, the balanced model and the ensemble on the same test split every time
+    a fusion setting changes; only the fused model is new. The cache lives on the split object (it
+    goes when the split goes) and keeps the last few models, keyed by :func:`model_fingerprint`.
+    """
+    cache: OrderedDict = dataset.__dict__.setdefault("_clafusion_logits", OrderedDict())
+    key = model_fingerprint(model)
+    if key not in cache:
+        cache[key] = predict_logits(model, dataset.tensors[0], device)
+        while len(cache) > _LOGIT_CACHE_SIZE:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return cache[key]
+
+
+def cached_accuracy(model: nn.Module, dataset: TensorDataset, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy from :func:`cached_logits`."""
+    return accuracy_of_logits(cached_logits(model, dataset, device), dataset.tensors[1])
 
 
 def evaluate(model: nn.Module, dataset: TensorDataset, device: torch.device | str = "cpu") -> float:

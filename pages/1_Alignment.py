@@ -7,6 +7,7 @@ import streamlit as st
 
 from app_support import cached, state, ui, views
 from clafusion_core import plots
+from clafusion_core.data import default_probe_size
 from clafusion_core.errors import FusionError
 from clafusion_core.similarity import METRIC_LABELS, METRICS
 
@@ -44,8 +45,10 @@ conv = model_a.spec.family != "mlp"
 cols = st.columns([2.2, 1.1, 1.4, 1.4] + ([1.4] if conv else []))
 cols[0].selectbox("Cost metric", METRICS, format_func=METRIC_LABELS.get, key=state.COST, persist_state="session",
                   help="How the dissimilarity of two layers is measured (lower = more similar).")
-cols[1].number_input("Probe size", min_value=10, max_value=5000, step=50, key=state.PROBE_SIZE, persist_state="session",
-                     help="Held-out images both networks see; the activations on them are compared.")
+cols[1].selectbox("Probe size", state.PROBE_SIZES, key=state.PROBE_SIZE, persist_state="session",
+                  format_func=lambda size: f"auto ({default_probe_size(pair.dataset)})" if size is None else str(size),
+                  help="Held-out images both networks see; the activations on them are compared. More images give "
+                       "steadier alignments and fusions (capped by the validation split's size).")
 cols[2].radio("Activations", ["post", "pre"], key=state.ACTIVATION, persist_state="session", horizontal=True,
               format_func={"post": "after ReLU", "pre": "before ReLU"}.get)
 with cols[3]:

@@ -137,7 +137,7 @@ else:
     st.caption("Both networks were already equally deep: nothing was inserted or removed.")
 
 st.subheader("Transport plans")
-plans = fusion.fused.plans
+plans = fusion.fused.plans(0)
 if plans:
     groups = list(plans)
     if st.session_state.get(state.PLAN_GROUP) not in groups:

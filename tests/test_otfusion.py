@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from clafusion_core.activations import group_activations
 from clafusion_core.errors import AlignmentError
+from clafusion_core.methods import METHODS, FusionBatch
 from clafusion_core.otfusion import OTOptions, fuse_models, transport_plan
 from model_utils import permuted_copy, random_model
 
@@ -12,12 +12,10 @@ SPECS = {"mlp": "mlp:40-30-20", "mlp-nobias": "mlp:40-30-nobias", "cnn": "vgg:8-
          "cnn-bn": "vgg:8-M-16-16-M-24-bn/20", "resnet-bn": "resnet:2-1-2-1@8-16-16-24"}
 
 
-def _fuse(model_a, model_b, **options):
-    opts = OTOptions(**options)
-    acts = {}
-    if opts.ground_metric == "activations":
-        acts = {"acts_a": group_activations(model_a, X), "acts_b": group_activations(model_b, X)}
-    return fuse_models(model_a, model_b, opts, **acts)
+def _fuse(model_a, model_b, fusion_weight=0.5, **options):
+    """A onto B through the registered OT method (the path the pipeline takes)."""
+    return METHODS["ot"].fuse([model_a, model_b], 1, [1 - fusion_weight, fusion_weight], FusionBatch(X),
+                              OTOptions(**options))
 
 
 @pytest.mark.parametrize("ground_metric", ["weights", "activations"])
@@ -60,7 +58,7 @@ def test_different_widths_take_the_target_widths(widths):
     model_a, model_b = random_model(widths[0], seed=1), random_model(widths[1], seed=2)
     fused = _fuse(model_a, model_b, ground_metric="activations")
     assert str(fused.model.spec) == widths[1]
-    for group, plan in fused.plans.items():
+    for group, plan in fused.plans(0).items():
         n_a = model_a.get_submodule(group).out_features
         n_b = model_b.get_submodule(group).out_features
         assert plan.shape == (n_a, n_b)
@@ -109,10 +107,15 @@ def test_mismatched_layers_are_refused():
         _fuse(random_model("mlp:10-10"), random_model("mlp:10"), ground_metric="weights")
 
 
-@pytest.mark.parametrize("bad", [{"solver": "hungarian"}, {"fusion_weight": 1.5}, {"sinkhorn_reg": 0.0}])
+@pytest.mark.parametrize("bad", [{"solver": "hungarian"}, {"sinkhorn_reg": 0.0}, {"ground_conv_features": "mean"}])
 def test_bad_options_are_user_errors(bad):
     with pytest.raises(AlignmentError):
         OTOptions(**bad)
+
+
+def test_a_fusion_weight_outside_0_1_is_a_user_error():
+    with pytest.raises(AlignmentError, match="between 0"):
+        fuse_models(random_model("mlp:10"), random_model("mlp:10"), OTOptions(ground_metric="weights"), weight_b=1.5)
 
 
 @pytest.mark.cuda
@@ -121,6 +124,6 @@ def test_bad_options_are_user_errors(bad):
 def test_cpu_and_cuda_fusions_agree(spec):
     model_a, model_b = random_model(spec, seed=1), random_model(spec, seed=2)
     cpu = _fuse(model_a, model_b, ground_metric="weights").model
-    gpu = fuse_models(model_a.cuda(), model_b.cuda(), OTOptions(ground_metric="weights")).model
+    gpu = fuse_models(model_a.cuda(), model_b.cuda(), OTOptions(ground_metric="weights"))[0]
     with torch.no_grad():
         assert torch.allclose(cpu(X), gpu(X.cuda()).cpu(), atol=1e-4)
