@@ -50,8 +50,8 @@ def with_biases(model: nn.Module) -> nn.Module:
     if model.spec.bias:
         return model
     biased = rebuild(model, replace(model.spec, bias=True))
-    state = biased.state_dict()
-    state.update({k: v.clone() for k, v in model.state_dict().items()})   # biases stay 0
+    state = {k: torch.zeros_like(v) for k, v in biased.state_dict().items()}
+    state.update({k: v.clone() for k, v in model.state_dict().items()})   # only the new biases stay 0
     biased.load_state_dict(state)
     return biased
 
