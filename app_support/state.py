@@ -43,7 +43,11 @@ PIN_LAST = "pin_last"
 COMPARE = "compare_metrics"
 
 BALANCE = "balance"
+METHOD = "method"
 GROUND_METRIC = "ground_metric"
+GROUND_ACTIVATION = "ground_activation"
+GROUND_CONV_FEATURES = "ground_conv_features"
+INSERTED_WEIGHT = "inserted_weight"
 SOLVER = "solver"
 SINKHORN_REG = "sinkhorn_reg"
 FUSION_WEIGHT = "fusion_weight"
@@ -67,7 +71,9 @@ WIDGET_DEFAULTS: dict[str, object] = {
     COST: _DEFAULT.cost, PROBE_SIZE: _DEFAULT.probe_size, ACTIVATION: _DEFAULT.activation,
     CONV_FEATURES: _DEFAULT.conv_features, PIN_FIRST: _DEFAULT.pin_first, PIN_LAST: _DEFAULT.pin_last,
     COMPARE: False,
-    BALANCE: _DEFAULT.balance, GROUND_METRIC: _DEFAULT.ground_metric, SOLVER: _DEFAULT.solver,
+    BALANCE: _DEFAULT.balance, METHOD: _DEFAULT.method, GROUND_METRIC: _DEFAULT.ground_metric,
+    GROUND_ACTIVATION: _DEFAULT.ground_activation, GROUND_CONV_FEATURES: _DEFAULT.ground_conv_features,
+    INSERTED_WEIGHT: _DEFAULT.inserted_weight, SOLVER: _DEFAULT.solver,
     SINKHORN_REG: _DEFAULT.sinkhorn_reg, FUSION_WEIGHT: _DEFAULT.fusion_weight, DEVICE: _DEFAULT.device,
     REPAIR: _DEFAULT.repair, BN_RESET: _DEFAULT.bn_reset,
     FT_EPOCHS: 5, FT_LR: _DEFAULT.finetune_lr, FT_OPTIMIZER: _DEFAULT.optimizer, FT_PARENTS: False,
@@ -153,8 +159,11 @@ def alignment_config(pair: PairChoice) -> FusionConfig:
 
 def fusion_config(pair: PairChoice) -> FusionConfig:
     """The alignment settings plus the Fusion page's, with the what-if matching if there is one."""
-    return replace(alignment_config(pair), balance=st.session_state[BALANCE],
+    return replace(alignment_config(pair), balance=st.session_state[BALANCE], method=st.session_state[METHOD],
                    ground_metric=st.session_state[GROUND_METRIC], solver=st.session_state[SOLVER],
+                   ground_activation=st.session_state[GROUND_ACTIVATION],
+                   ground_conv_features=st.session_state[GROUND_CONV_FEATURES],
+                   inserted_weight=st.session_state[INSERTED_WEIGHT],
                    sinkhorn_reg=float(st.session_state[SINKHORN_REG]),
                    fusion_weight=float(st.session_state[FUSION_WEIGHT]), device=st.session_state[DEVICE],
                    repair=bool(st.session_state[REPAIR]), bn_reset=bool(st.session_state[BN_RESET]),

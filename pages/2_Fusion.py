@@ -6,7 +6,9 @@ from app_support import cached, state, ui, views
 from clafusion_core import pipeline, plots
 from clafusion_core.balancing import BALANCE_METHODS
 from clafusion_core.devices import DEVICES, cuda_available, device_label, resolve_device
-from clafusion_core.otfusion import GROUND_METRICS, SOLVERS
+from clafusion_core.methods import METHODS
+from clafusion_core.otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, SOLVERS
+from clafusion_core.pipeline import INSERTED_WEIGHTS
 from clafusion_core.similarity import METRIC_LABELS
 
 SINKHORN_REGS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
@@ -14,6 +16,8 @@ BALANCE_LABELS = {"add": "add identity layers to B", "merge": "merge A's extra l
 GROUND_LABELS = {"activations": "activations", "weights": "weights"}
 SOLVER_LABELS = {"emd": "exact (EMD)", "sinkhorn": "Sinkhorn (entropic)"}
 DEVICE_LABELS = {"auto": "auto", "cpu": "CPU", "cuda": "CUDA"}
+INSERTED_LABELS = {"deeper": "keep A's layer", "average": "average with the identity"}
+CONV_GROUND_LABELS = {"positions": "every position", "pool": "channel means"}
 
 ui.setup_page("2 · Fusion")
 ui.page_header(2, "Fusion", "Make the two networks equally deep, then fuse them layer by layer with optimal transport.")
@@ -49,22 +53,38 @@ if st.session_state[state.BALANCE] not in balance_options:
     st.session_state[state.BALANCE] = "add"
 left, middle, right = st.columns(3, gap="large")
 with left:
+    st.selectbox("Fusion method", list(METHODS), format_func=lambda name: METHODS[name].title, key=state.METHOD,
+                 persist_state="session", help="How the balanced networks are fused into one.")
     st.radio("Balancing", balance_options, format_func=BALANCE_LABELS.get, key=state.BALANCE, persist_state="session",
              help="How the two depths are made equal." + ("" if is_mlp else " Merging is available for MLPs only."))
+    st.radio("Inserted layers", INSERTED_WEIGHTS, format_func=INSERTED_LABELS.get, key=state.INSERTED_WEIGHT,
+             persist_state="session", horizontal=True, disabled=st.session_state[state.BALANCE] != "add",
+             help="Where B got an identity layer, averaging A's real layer with it gives a half-identity neither "
+                  "network computed; by default the fused layer there is A's (weight 1).")
+with middle:
     st.radio("Ground metric", GROUND_METRICS, format_func=GROUND_LABELS.get, key=state.GROUND_METRIC, persist_state="session", horizontal=True,
              help="The distance between two neurons: of their activations on the probe batch, or of their weights.")
-with middle:
+    activations_metric = st.session_state[state.GROUND_METRIC] == "activations"
+    st.radio("Ground-metric activations", GROUND_ACTIVATIONS, format_func={"post": "after ReLU", "pre": "before ReLU"}.get,
+             key=state.GROUND_ACTIVATION, persist_state="session", horizontal=True, disabled=not activations_metric,
+             help="The OT ground metric's own choice (the cost matrix has its own on the Alignment page).")
+    if not is_mlp:
+        st.radio("Ground-metric conv maps", GROUND_CONV_FEATURES, format_func=CONV_GROUND_LABELS.get,
+                 key=state.GROUND_CONV_FEATURES, persist_state="session", horizontal=True, disabled=not activations_metric,
+                 help="Compare channels on every position of their maps, or on their spatial means.")
     st.radio("Transport solver", SOLVERS, format_func=SOLVER_LABELS.get, key=state.SOLVER, persist_state="session", horizontal=True)
     st.select_slider("Sinkhorn regularisation", SINKHORN_REGS, key=state.SINKHORN_REG, persist_state="session",
                      disabled=st.session_state[state.SOLVER] != "sinkhorn",
                      help="Relative to the normalised cost: larger = smoother, less permutation-like plans.")
+with right:
     st.slider("Fusion weight s (share of B)", 0.0, 1.0, step=0.05, key=state.FUSION_WEIGHT, persist_state="session",
               help="W = (1 − s)·aligned A + s·B; s = 0 gives the aligned A, s = 1 gives B.")
-with right:
     st.radio("Device", DEVICES, format_func=DEVICE_LABELS.get, key=state.DEVICE, persist_state="session", horizontal=True,
              help="auto = CUDA when present.")
     st.caption(f"{'✅' if cuda_available() else '—'} {device_label()}")
-    st.toggle("Statistics repair", key=state.REPAIR, persist_state="session", help="Rescale fused neurons to their parents' statistics.")
+    st.toggle("Statistics repair", key=state.REPAIR, persist_state="session",
+              help="Move each fused neuron's mean and spread to its parents' (adding biases where the layers have "
+                   "none); kept only if it improves validation accuracy.")
     st.toggle("Reset BatchNorm statistics", key=state.BN_RESET, persist_state="session", help="Recompute BatchNorm running statistics "
                                                                      "of the fused model on training data.")
 
@@ -135,6 +155,10 @@ elif balanced.removed:
     st.caption(f"{len(balanced.removed)} layer(s) of A (crossed out) were merged into their successors.")
 else:
     st.caption("Both networks were already equally deep: nothing was inserted or removed.")
+if fusion.layer_weights:
+    st.caption("Per-layer weights (A, B) where they differ from (1 − s, s): " + ", ".join(
+        f"`{layer}` {weights[0]:g} / {weights[1]:g}" for layer, weights in fusion.layer_weights.items()) +
+        " — the fused layer under each inserted identity is A's own.")
 
 st.subheader("Transport plans")
 plans = fusion.fused.plans(0)

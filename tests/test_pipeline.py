@@ -177,3 +177,28 @@ def test_cnn_and_resnet_demo_pairs_fuse_end_to_end(key, digits):
     assert accuracy["fused"] > 0.3                         # ten classes: chance is 0.1
     assert accuracy["fused_finetuned"] >= accuracy["fused"] - 0.02
     assert result.to_json()["models"]["fused"]["depth"] == result.to_json()["models"]["model_a"]["depth"]
+
+
+# Another valid value for every FusionConfig field: the stale-result check must see each change that
+# alters the one-shot fusion and ignore the finetuning settings. A new field fails the coverage assert.
+OTHER_VALUES = dict(dataset="mnist", data_root="/data", cost="cca", probe_size=300, probe_seed=4, activation="pre",
+                    conv_features="flatten", pin_first=False, pin_last=False, balance="merge", method="ot",
+                    ground_metric="weights", ground_activation="pre", ground_conv_features="pool", solver="sinkhorn",
+                    sinkhorn_reg=0.05, fusion_weight=0.3, input_scaling="sum", marginals="importance",
+                    inserted_weight="average", repair=False, bn_reset=False, finetune_epochs=3, finetune_lr=0.05,
+                    optimizer="adam", distill=0.5, distill_temperature=2.0, finetune_parents=True, seed=7,
+                    device="cpu", mapping=((0, 2),))
+
+
+def test_the_stale_result_check_covers_every_setting():
+    from dataclasses import fields, replace
+
+    from clafusion_core.pipeline import FINETUNE_FIELDS
+
+    base = FusionConfig()
+    assert {f.name for f in fields(FusionConfig)} == set(OTHER_VALUES)
+    for name, value in OTHER_VALUES.items():
+        if value == getattr(base, name):      # a field with a single choice today (e.g. the method)
+            continue
+        changed = replace(base, **{name: value})
+        assert (changed.fusion_key() == base.fusion_key()) == (name in FINETUNE_FIELDS), name
