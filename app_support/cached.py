@@ -142,11 +142,6 @@ def test_accuracy(ref: ModelRef, model: nn.Module, pair: PairChoice) -> float:
 
 # ----------------------------------------------------------------------------- activations, alignment
 
-def _probe_key(config: FusionConfig) -> tuple:
-    return (config.dataset, config.data_root, config.probe_size, config.probe_seed, config.activation,
-            config.conv_features)
-
-
 @st.cache_data(show_spinner="Recording activations on the probe batch…", max_entries=32)
 def _activations(model_key: str, probe_key: tuple, _model: nn.Module, _splits: data.DataSplits,
                  _config: FusionConfig):
@@ -156,7 +151,7 @@ def _activations(model_key: str, probe_key: tuple, _model: nn.Module, _splits: d
 
 def activations(model_key: str, model: nn.Module, config: FusionConfig):
     """Per-stage unit activations; cached by model and probe settings (not by metric)."""
-    return _activations(model_key, _probe_key(config), model, splits(config.dataset, config.data_root), config)
+    return _activations(model_key, config.activations_key(), model, splits(config.probe.dataset, config.probe.data_root), config)
 
 
 @st.cache_data(show_spinner="Computing the cost matrix…", max_entries=256)
@@ -166,10 +161,10 @@ def _alignment(key_a: str, key_b: str, config_key: str, _acts_a, _acts_b, _model
 
 
 def alignment(loaded: LoadedPair, config: FusionConfig) -> Alignment:
-    """Cost matrix and DP alignment (and the what-if matching in ``config.mapping``, validated).
+    """Cost matrix and DP alignment (and the what-if matching in ``config.alignment.mapping``, validated).
 
     The activations come from their own cache first, so a new metric only computes its cost matrix."""
     acts_a = activations(loaded.ref_a.key, loaded.model_a, config)
     acts_b = activations(loaded.ref_b.key, loaded.model_b, config)
-    return _alignment(loaded.ref_a.key, loaded.ref_b.key, repr(config), acts_a, acts_b, loaded.model_a, config)
+    return _alignment(loaded.ref_a.key, loaded.ref_b.key, repr((config.probe, config.alignment)), acts_a, acts_b, loaded.model_a, config)
 

@@ -22,7 +22,7 @@ import streamlit as st
 from clafusion_core import zoo
 from clafusion_core.pipeline import FusionConfig, FusionResult
 
-_DEFAULT = FusionConfig()
+_DEFAULT = FusionConfig().flat()
 
 # --------------------------------------------------------------------------------------- widget keys
 SOURCE_KIND = "source_kind"        # "demo" | "upload" | "paths"
@@ -66,18 +66,18 @@ FT_TEMPERATURE = "ft_temperature"
 HEATMAP = "align_heatmap"          # the clickable cost heatmap (its selection state)
 
 WIDGET_DEFAULTS: dict[str, object] = {
-    SOURCE_KIND: "demo", DEMO_KEY: zoo.DEFAULT_PAIR, DATASET: _DEFAULT.dataset, DATA_ROOT: "",
+    SOURCE_KIND: "demo", DEMO_KEY: zoo.DEFAULT_PAIR, DATASET: _DEFAULT["dataset"], DATA_ROOT: "",
     ARCH_A: "", ARCH_B: "", PATH_A: "", PATH_B: "",
-    COST: _DEFAULT.cost, PROBE_SIZE: _DEFAULT.probe_size, ACTIVATION: _DEFAULT.activation,
-    CONV_FEATURES: _DEFAULT.conv_features, PIN_FIRST: _DEFAULT.pin_first, PIN_LAST: _DEFAULT.pin_last,
+    COST: _DEFAULT["cost"], PROBE_SIZE: _DEFAULT["probe_size"], ACTIVATION: _DEFAULT["activation"],
+    CONV_FEATURES: _DEFAULT["conv_features"], PIN_FIRST: _DEFAULT["pin_first"], PIN_LAST: _DEFAULT["pin_last"],
     COMPARE: False,
-    BALANCE: _DEFAULT.balance, METHOD: _DEFAULT.method, GROUND_METRIC: _DEFAULT.ground_metric,
-    GROUND_ACTIVATION: _DEFAULT.ground_activation, GROUND_CONV_FEATURES: _DEFAULT.ground_conv_features,
-    INSERTED_WEIGHT: _DEFAULT.inserted_weight, SOLVER: _DEFAULT.solver,
-    SINKHORN_REG: _DEFAULT.sinkhorn_reg, FUSION_WEIGHT: _DEFAULT.fusion_weight, DEVICE: _DEFAULT.device,
-    REPAIR: _DEFAULT.repair, BN_RESET: _DEFAULT.bn_reset,
-    FT_EPOCHS: 5, FT_LR: _DEFAULT.finetune_lr, FT_OPTIMIZER: _DEFAULT.optimizer, FT_PARENTS: False,
-    FT_DISTILL: _DEFAULT.distill, FT_TEMPERATURE: _DEFAULT.distill_temperature,
+    BALANCE: _DEFAULT["balance"], METHOD: _DEFAULT["method"], GROUND_METRIC: _DEFAULT["ground_metric"],
+    GROUND_ACTIVATION: _DEFAULT["ground_activation"], GROUND_CONV_FEATURES: _DEFAULT["ground_conv_features"],
+    INSERTED_WEIGHT: _DEFAULT["inserted_weight"], SOLVER: _DEFAULT["solver"],
+    SINKHORN_REG: _DEFAULT["sinkhorn_reg"], FUSION_WEIGHT: _DEFAULT["fusion_weight"], DEVICE: _DEFAULT["device"],
+    REPAIR: _DEFAULT["repair"], BN_RESET: _DEFAULT["bn_reset"],
+    FT_EPOCHS: 5, FT_LR: _DEFAULT["finetune_lr"], FT_OPTIMIZER: _DEFAULT["optimizer"], FT_PARENTS: False,
+    FT_DISTILL: _DEFAULT["distill"], FT_TEMPERATURE: _DEFAULT["distill_temperature"],
 }
 
 # ---------------------------------------------------------------------------------------- plain keys
@@ -151,7 +151,7 @@ def uploaded_bytes(key: str) -> bytes | None:
 
 def alignment_config(pair: PairChoice) -> FusionConfig:
     """The settings that determine the cost matrix and the DP alignment (nothing else varies)."""
-    return FusionConfig(dataset=pair.dataset, data_root=pair.data_root, cost=st.session_state[COST],
+    return FusionConfig.from_flat(dataset=pair.dataset, data_root=pair.data_root, cost=st.session_state[COST],
                         probe_size=st.session_state[PROBE_SIZE], activation=st.session_state[ACTIVATION],
                         conv_features=st.session_state[CONV_FEATURES], pin_first=bool(st.session_state[PIN_FIRST]),
                         pin_last=bool(st.session_state[PIN_LAST]))
@@ -159,7 +159,7 @@ def alignment_config(pair: PairChoice) -> FusionConfig:
 
 def fusion_config(pair: PairChoice) -> FusionConfig:
     """The alignment settings plus the Fusion page's, with the what-if matching if there is one."""
-    return replace(alignment_config(pair), balance=st.session_state[BALANCE], method=st.session_state[METHOD],
+    return alignment_config(pair).replace(balance=st.session_state[BALANCE], method=st.session_state[METHOD],
                    ground_metric=st.session_state[GROUND_METRIC], solver=st.session_state[SOLVER],
                    ground_activation=st.session_state[GROUND_ACTIVATION],
                    ground_conv_features=st.session_state[GROUND_CONV_FEATURES],

@@ -31,6 +31,7 @@ import common  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 
 from clafusion_core.data import load_dataset  # noqa: E402
+from clafusion_core.config import FinetuneConfig  # noqa: E402
 from clafusion_core.pipeline import FusionConfig, finetune_result, run_fusion  # noqa: E402
 from clafusion_core.zoo import load_demo_pair  # noqa: E402
 
@@ -46,7 +47,7 @@ def pairs_for(dataset: str, pair_seeds: list[int], data_root: str | None) -> lis
 
 def run_pair(models: tuple, splits, dataset: str, args) -> dict:
     """One fusion, then every (weight, seed) finetune of the fused model and of both parents."""
-    base = FusionConfig(dataset=dataset, data_root=args.data_root, device="cpu")
+    base = FusionConfig.from_flat(dataset=dataset, data_root=args.data_root, device="cpu")
     result = run_fusion(*models, splits, base)
     accuracy = dict(result.accuracy)
     better_parent = max(accuracy["model_a"], accuracy["model_b"])
@@ -57,7 +58,7 @@ def run_pair(models: tuple, splits, dataset: str, args) -> dict:
         runs = []
         for seed in args.finetune_seeds:
             start = time.perf_counter()
-            result.config = replace(base, seed=seed)
+            result.config = base.replace(seed=seed)
             finetune_result(result, splits, epochs=args.epochs, lr=args.lr, distill=weight, parents=True)
             runs.append({"seed": seed, "fused": result.accuracy["fused_finetuned"],
                          "model_a": result.accuracy["model_a_finetuned"],
@@ -95,7 +96,7 @@ def render(results: dict, args) -> str:
                              f"{entry['runs_at_or_above_better_parent']}/{len(entry['runs'])}",
                              common.fmt_pct([max(r["model_a"], r["model_b"]) for r in entry["runs"]])])
     return (f"{args.epochs} epoch(s), lr {args.lr:g}, SGD (momentum 0.9), temperature "
-            f"{FusionConfig.distill_temperature:g}, finetune seeds {args.finetune_seeds}; test accuracy in %, "
+            f"{FinetuneConfig.temperature:g}, finetune seeds {args.finetune_seeds}; test accuracy in %, "
             "mean ± std over the finetune seeds.\n\n" + common.markdown_table(header, rows))
 
 
@@ -103,9 +104,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_arguments(parser, default_datasets="digits", default_seeds="0,1,2,3,4")
     parser.add_argument("--pair-seeds", default="1,2,3", help="extra digits pairs: A seeded s, B s + 100")
-    parser.add_argument("--weights", default=f"0,{FusionConfig.distill:g}", help="distillation weights to compare")
+    parser.add_argument("--weights", default=f"0,{FinetuneConfig.distill:g}", help="distillation weights to compare")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=FusionConfig.finetune_lr)
+    parser.add_argument("--lr", type=float, default=FinetuneConfig.lr)
     args = parser.parse_args(argv)
     args.finetune_seeds = common.parse_list(args.seeds, int)
     args.pair_seeds = common.parse_list(args.pair_seeds, int)
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
     output = {"benchmark": "finetune", "command": common.command_line(), "date": common.now(),
               "machine": common.machine_info(), "quick": args.quick,
               "settings": {"epochs": args.epochs, "lr": args.lr, "weights": args.weights,
-                           "temperature": FusionConfig.distill_temperature, "finetune_seeds": args.finetune_seeds,
+                           "temperature": FinetuneConfig.temperature, "finetune_seeds": args.finetune_seeds,
                            "pair_seeds": args.pair_seeds, "threads": threads},
               "datasets": {}}
     for dataset in datasets:

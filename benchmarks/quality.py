@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 
 from clafusion_core.baselines import vanilla_average  # noqa: E402
 from clafusion_core.data import load_dataset  # noqa: E402
+from clafusion_core.config import FinetuneConfig  # noqa: E402
 from clafusion_core.pipeline import FusionConfig, finetune_result, finetune_teacher, run_fusion  # noqa: E402
 from clafusion_core.similarity import METRICS  # noqa: E402
 from clafusion_core.train import evaluate, finetune  # noqa: E402
@@ -107,12 +108,12 @@ def choose_finetune_lr(dataset: str, setup: str, seed: int, splits, args) -> dic
     """
     model_a, model_b = common.setup_models(setup, dataset, seed, args.data_root)
     row = next(r for r in variants(setup, model_a.spec.family, args.quick) if r.get("default"))
-    config = FusionConfig(dataset=dataset, data_root=args.data_root, seed=seed, device="cpu", **row["config"])
+    config = FusionConfig.from_flat(dataset=dataset, data_root=args.data_root, seed=seed, device="cpu", **row["config"])
     fused = run_fusion(model_a, model_b, splits, config).fused.model
     teacher = finetune_teacher(model_a, model_b, splits, config)
     scores = {}
     for lr in args.lr_grid:
-        training = replace(config, finetune_epochs=args.finetune_epochs, finetune_lr=lr).finetune_config()
+        training = config.replace(finetune_epochs=args.finetune_epochs, finetune_lr=lr).finetune_config()
         vals = {name: max(finetune(model, splits.train, splits.val, training, teacher_logits=teacher)[1].val_accuracy)
                 for name, model in (("model_a", model_a), ("model_b", model_b), ("fused", fused))}
         scores[lr] = {"val": vals, "mean_val": float(np.mean(list(vals.values())))}
@@ -129,7 +130,7 @@ def run_setup(dataset: str, setup: str, seed: int, splits, args, finetune_lr: fl
     model_a, model_b = common.setup_models(setup, dataset, seed, args.data_root)
     trained_s = time.perf_counter() - started
     family = model_a.spec.family
-    base = FusionConfig(dataset=dataset, data_root=args.data_root, seed=seed, device="cpu",
+    base = FusionConfig.from_flat(dataset=dataset, data_root=args.data_root, seed=seed, device="cpu",
                         finetune_epochs=0, finetune_lr=finetune_lr)
     out = {"seed": seed, "seed_a": seed, "seed_b": seed + 100, "arch_a": str(model_a.spec),
            "arch_b": str(model_b.spec), "training": common.training_for(setup, dataset),
@@ -138,11 +139,11 @@ def run_setup(dataset: str, setup: str, seed: int, splits, args, finetune_lr: fl
     finetuned_cache: dict[tuple, dict] = {}
     first = None
     for row in variants(setup, family, args.quick):
-        config = replace(base, **row["config"])
+        config = base.replace(**row["config"])
         one_shot, plain, val, timings = [], [], [], []
         result0 = None
         for probe_seed in args.probe_seeds:
-            result = run_fusion(model_a, model_b, splits, replace(config, probe_seed=probe_seed))
+            result = run_fusion(model_a, model_b, splits, config.replace(probe_seed=probe_seed))
             one_shot.append(result.accuracy["fused"])
             plain.append(result.accuracy["fused_plain"])
             val.append(evaluate(result.fused.model, splits.val))
@@ -163,7 +164,7 @@ def run_setup(dataset: str, setup: str, seed: int, splits, args, finetune_lr: fl
             "finetuned": None, "val_finetuned": None,
         }
         if row["finetune"] and args.finetune_epochs > 0:
-            key = (config.balance, config.ground_metric, config.repair, config.input_scaling,
+            key = (config.balancing.method, config.fusion.options.ground_metric, config.repair.statistics, config.fusion.options.input_scaling,
                    repr(result0.alignment.mappings))
             if key not in finetuned_cache:
                 start = time.perf_counter()
@@ -186,8 +187,8 @@ def run_setup(dataset: str, setup: str, seed: int, splits, args, finetune_lr: fl
               + (f", finetuned {100 * entry['finetuned']:.2f}" if entry["finetuned"] is not None else ""), flush=True)
 
     if common.SETUPS[setup]["same_shape"] and args.finetune_epochs > 0:
-        vanilla = vanilla_average(model_a, model_b, base.fusion_weight)
-        same = replace(base, finetune_epochs=args.finetune_epochs)  # the fused model's finetune settings
+        vanilla = vanilla_average(model_a, model_b, base.fusion.weight)
+        same = base.replace(finetune_epochs=args.finetune_epochs)  # the fused model's finetune settings
         tuned, history = finetune(vanilla, splits.train, splits.val, same.finetune_config(),
                                   teacher_logits=finetune_teacher(model_a, model_b, splits, same))
         out["vanilla_finetuned"] = evaluate(tuned, splits.test)
@@ -389,7 +390,7 @@ def main(argv=None) -> int:
                         help="finetune learning rate, or 'auto' (default): chosen per setup on the validation "
                              "split from --lr-grid")
     parser.add_argument("--lr-grid", default=None,
-                        help=f"candidate finetune rates for 'auto' (default {FusionConfig.finetune_lr:g} "
+                        help=f"candidate finetune rates for 'auto' (default {FinetuneConfig.lr:g} "
                              "(the pipeline's default),0.005,0.001; quick: the pipeline's default and 0.005)")
     parser.add_argument("--name", default=None,
                         help="file name (without .json) of the results (default quality, or quality-quick)")
@@ -404,7 +405,7 @@ def main(argv=None) -> int:
     args.probe_seeds = common.parse_list(args.probe_seeds or ("0" if args.quick else "0,1,2"), int)
     if args.finetune_epochs is None:
         args.finetune_epochs = 1 if args.quick else 2
-    default_grid = f"{FusionConfig.finetune_lr},0.005" + ("" if args.quick else ",0.001")
+    default_grid = f"{FinetuneConfig.lr},0.005" + ("" if args.quick else ",0.001")
     args.lr_grid = common.parse_list(args.lr_grid or default_grid, float)
     args.finetune_lr = None if args.finetune_lr == "auto" else float(args.finetune_lr)
     threads = common.set_threads(args.threads)
@@ -417,8 +418,8 @@ def main(argv=None) -> int:
               "settings": {"seeds": args.seeds, "probe_seeds": args.probe_seeds, "datasets": datasets,
                            "finetune_epochs": args.finetune_epochs,
                            "finetune_lr": args.finetune_lr or "auto (chosen on validation per setup)",
-                           "lr_grid": args.lr_grid, "pipeline_default_finetune_lr": FusionConfig.finetune_lr,
-                           "finetune_optimizer": FusionConfig.optimizer, "threads": threads,
+                           "lr_grid": args.lr_grid, "pipeline_default_finetune_lr": FinetuneConfig.lr,
+                           "finetune_optimizer": FinetuneConfig.optimizer, "threads": threads,
                            "parent_seeds": "A = seed, B = seed + 100",
                            "setups": {k: common.SETUPS[k] for k in common.SETUPS}},
               "datasets": {}, "skipped": {}}
@@ -446,7 +447,7 @@ def main(argv=None) -> int:
                     traceback.print_exc()
                     result["skipped"][f"{dataset}/{setup}"] = f"{type(error).__name__}: {error}"
                     continue
-            finetune_lr = lr_choice["chosen"] if lr_choice else (args.finetune_lr or FusionConfig.finetune_lr)
+            finetune_lr = lr_choice["chosen"] if lr_choice else (args.finetune_lr or FinetuneConfig.lr)
             for seed in args.seeds:
                 print(f"  seed {seed}", flush=True)
                 try:

@@ -92,7 +92,7 @@ def _flat(acts):
 def stage_timings(label: str, model_a, model_b, splits, repeats: int, finetune_epoch: bool,
                   device: str = "cpu") -> dict:
     """Time every stage of the pipeline on one pair, calling the functions ``run_fusion`` calls."""
-    config = FusionConfig(device=device)
+    config = FusionConfig.from_flat(device=device)
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
     model_a, model_b = model_a.to(dev), model_b.to(dev)
@@ -136,7 +136,7 @@ def stage_timings(label: str, model_a, model_b, splits, repeats: int, finetune_e
     t["ensemble_accuracy"] = common.timeit(lambda: ensemble_accuracy([model_a, model_b], splits.test, dev), repeats,
                                            sync=sync)
     if finetune_epoch:
-        training = replace(config, finetune_epochs=1).finetune_config()
+        training = config.replace(finetune_epochs=1).finetune_config()
         start = time.perf_counter()
         teacher = finetune_teacher(model_a, model_b, splits, config, dev)  # part of a finetune's cost
         finetune(fused.model, splits.train, splits.val, training, dev, teacher_logits=teacher)
@@ -177,7 +177,7 @@ def core_targets(model_a, model_b, splits, repeats: int, seed: int) -> dict:
     times = {m: common.timeit(lambda m=m: cost_matrix(flat_a, flat_b, m), max(repeats, 5)) for m in METRICS}
     cost = np.random.default_rng(seed).random((1000, 500))
     dp = common.timeit(lambda: align_layers(cost), max(repeats, 3))
-    return {"pair": "mlp (digits demo pair)", "probe_size": config.probe_size, "target_s": 0.3,
+    return {"pair": "mlp (digits demo pair)", "probe_size": config.probe.size, "target_s": 0.3,
             "cost_matrix_s": times, "cost_matrix_within_target": {m: t < 0.3 for m, t in times.items()},
             "dp_1000x500_s": dp}
 
@@ -244,7 +244,7 @@ def scale_cost_samples(model_a, model_b, splits, samples, repeats) -> dict:
     samples = [n for n in samples if n <= available]
     curves = {m: [] for m in METRICS}
     for n in samples:
-        probe = probe_inputs(splits, FusionConfig(probe_size=n))
+        probe = probe_inputs(splits, FusionConfig.from_flat(probe_size=n))
         flat_a = _flat(compute_activations(model_a, probe, config))
         flat_b = _flat(compute_activations(model_b, probe, config))
         for metric in METRICS:
@@ -318,12 +318,12 @@ def _memory_child(pair_key, dataset, arch_a, arch_b, training, seed_a, seed_b, t
     else:
         model_a = trained_model(arch_a, seed_a, dataset, TrainConfig(**training))
         model_b = trained_model(arch_b, seed_b, dataset, TrainConfig(**training))
-    run_fusion(model_a, model_b, splits, FusionConfig(device=device))  # warm-up: lazy imports, allocator pools
+    run_fusion(model_a, model_b, splits, FusionConfig.from_flat(device=device))  # warm-up: lazy imports, allocator pools
     reset = _reset_peak_rss()
     before = _status_kib("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    run_fusion(model_a, model_b, splits, FusionConfig(device=device))
+    run_fusion(model_a, model_b, splits, FusionConfig.from_flat(device=device))
     peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     queue.put({"rss_before_mib": before / 1024, "rss_peak_mib": peak / 1024,
@@ -546,7 +546,7 @@ def devices_section(demo, digits, repeats, sizes, seeds) -> dict:
             for _ in range(max(1, repeats)):
                 if device == "cuda":
                     torch.cuda.synchronize()
-                runs.append(run_fusion(model_a, model_b, digits, FusionConfig(device=device)).timings_s)
+                runs.append(run_fusion(model_a, model_b, digits, FusionConfig.from_flat(device=device)).timings_s)
             entry[device] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
             entry[device]["total"] = float(np.median([sum(r.values()) for r in runs]))
             model_a, model_b = model_a.cpu(), model_b.cpu()

@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -25,13 +24,14 @@ from .errors import FusionError
 from .models import build_model
 from .methods import METHODS
 from .otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, INPUT_SCALINGS, MARGINALS, SOLVERS
-from .pipeline import INSERTED_WEIGHTS, FusionConfig, compute_activations, compute_alignment, describe_model, order_pair, \
+from .config import INSERTED_WEIGHTS, FusionConfig
+from .pipeline import compute_activations, compute_alignment, describe_model, order_pair, \
     probe_inputs, run_fusion
 from .similarity import METRICS
 from .train import OPTIMIZERS, TrainConfig, evaluate, train_model
 from .zoo import DEFAULT_PAIR, DEMO_PAIRS, load_demo_pair
 
-DEFAULTS = FusionConfig()
+DEFAULTS = FusionConfig().flat()
 
 
 def _progress_bar(description: str):
@@ -51,12 +51,12 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_alignment_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cost", default=DEFAULTS.cost, choices=METRICS, help="layer cost metric")
-    parser.add_argument("--probe-size", type=int, default=DEFAULTS.probe_size,
+    parser.add_argument("--cost", default=DEFAULTS["cost"], choices=METRICS, help="layer cost metric")
+    parser.add_argument("--probe-size", type=int, default=DEFAULTS["probe_size"],
                         help="probe batch size (default: the dataset's, e.g. 1000 for digits and Fashion-MNIST)")
-    parser.add_argument("--probe-seed", type=int, default=DEFAULTS.probe_seed)
-    parser.add_argument("--activation", default=DEFAULTS.activation, choices=("post", "pre"))
-    parser.add_argument("--conv-features", default=DEFAULTS.conv_features, choices=CONV_MODES)
+    parser.add_argument("--probe-seed", type=int, default=DEFAULTS["probe_seed"])
+    parser.add_argument("--activation", default=DEFAULTS["activation"], choices=("post", "pre"))
+    parser.add_argument("--conv-features", default=DEFAULTS["conv_features"], choices=CONV_MODES)
     parser.add_argument("--no-pin-first", dest="pin_first", action="store_false",
                         help="let the first hidden layers match freely")
     parser.add_argument("--no-pin-last", dest="pin_last", action="store_false",
@@ -64,36 +64,38 @@ def _add_alignment_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--balance", default=DEFAULTS.balance, choices=BALANCE_METHODS)
-    parser.add_argument("--method", default=DEFAULTS.method, choices=sorted(METHODS), help="fusion method")
-    parser.add_argument("--ground-metric", default=DEFAULTS.ground_metric, choices=GROUND_METRICS)
-    parser.add_argument("--ground-activation", default=DEFAULTS.ground_activation, choices=GROUND_ACTIVATIONS,
+    parser.add_argument("--balance", default=DEFAULTS["balance"], choices=BALANCE_METHODS)
+    parser.add_argument("--method", default=DEFAULTS["method"], choices=sorted(METHODS), help="fusion method")
+    parser.add_argument("--ground-metric", default=DEFAULTS["ground_metric"], choices=GROUND_METRICS)
+    parser.add_argument("--ground-activation", default=DEFAULTS["ground_activation"], choices=GROUND_ACTIVATIONS,
                         help="activations of the OT ground metric (its own, not the cost matrix's --activation)")
-    parser.add_argument("--ground-conv-features", default=DEFAULTS.ground_conv_features, choices=GROUND_CONV_FEATURES,
+    parser.add_argument("--ground-conv-features", default=DEFAULTS["ground_conv_features"], choices=GROUND_CONV_FEATURES,
                         help="conv maps in the OT ground metric: every position a sample, or the channel mean")
-    parser.add_argument("--inserted-weight", default=DEFAULTS.inserted_weight, choices=INSERTED_WEIGHTS,
+    parser.add_argument("--inserted-weight", default=DEFAULTS["inserted_weight"], choices=INSERTED_WEIGHTS,
                         help="layers balancing inserted: keep the deeper model's layer, or average with the identity")
-    parser.add_argument("--solver", default=DEFAULTS.solver, choices=SOLVERS)
-    parser.add_argument("--sinkhorn-reg", type=float, default=DEFAULTS.sinkhorn_reg)
-    parser.add_argument("--fusion-weight", type=float, default=DEFAULTS.fusion_weight,
+    parser.add_argument("--solver", default=DEFAULTS["solver"], choices=SOLVERS)
+    parser.add_argument("--sinkhorn-reg", type=float, default=DEFAULTS["sinkhorn_reg"])
+    parser.add_argument("--fusion-weight", type=float, default=DEFAULTS["fusion_weight"],
                         help="weight s of model B (0 = aligned A, 1 = B)")
-    parser.add_argument("--input-scaling", default=DEFAULTS.input_scaling, choices=INPUT_SCALINGS)
-    parser.add_argument("--marginals", default=DEFAULTS.marginals, choices=MARGINALS)
+    parser.add_argument("--input-scaling", default=DEFAULTS["input_scaling"], choices=INPUT_SCALINGS)
+    parser.add_argument("--marginals", default=DEFAULTS["marginals"], choices=MARGINALS)
     parser.add_argument("--no-repair", dest="repair", action="store_false", help="skip statistics repair")
     parser.add_argument("--no-bn-reset", dest="bn_reset", action="store_false",
                         help="keep the transported BatchNorm statistics")
-    parser.add_argument("--finetune-epochs", type=int, default=DEFAULTS.finetune_epochs)
-    parser.add_argument("--finetune-lr", type=float, default=DEFAULTS.finetune_lr)
-    parser.add_argument("--optimizer", default=DEFAULTS.optimizer, choices=OPTIMIZERS)
-    parser.add_argument("--distill", type=float, default=DEFAULTS.distill,
+    parser.add_argument("--finetune-epochs", type=int, default=DEFAULTS["finetune_epochs"])
+    parser.add_argument("--finetune-lr", type=float, default=DEFAULTS["finetune_lr"])
+    parser.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=OPTIMIZERS)
+    parser.add_argument("--distill", type=float, default=DEFAULTS["distill"],
                         help="weight of distillation from the parents' ensemble while finetuning (0 = labels only)")
-    parser.add_argument("--distill-temperature", type=float, default=DEFAULTS.distill_temperature)
+    parser.add_argument("--distill-temperature", type=float, default=DEFAULTS["distill_temperature"])
     parser.add_argument("--finetune-parents", action="store_true",
                         help="also finetune the parents for the same epochs (the fair baseline)")
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    parser.add_argument("--device", default=DEFAULTS.device, choices=DEVICES)
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--device", default=DEFAULTS["device"], choices=DEVICES)
     parser.add_argument("--json", dest="json_path", default=None, help="write result.json here")
     parser.add_argument("--out", default=None, help="write the fused model (safetensors) here")
+    parser.add_argument("--config", dest="config_path", default=None, metavar="FILE",
+                        help="run config (JSON or YAML, e.g. the 'config' of a result.json); flags typed override it")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,10 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the options the user typed (so they override a ``--config`` file)."""
+    typed = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
+    return {action.dest for action in parser._actions if typed & set(action.option_strings)}
+
+
 def _config(args: argparse.Namespace, **overrides) -> FusionConfig:
-    names = {f.name for f in fields(FusionConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    return FusionConfig(**{**values, **overrides})
+    """The run config: ``--config FILE`` if given, then the flags the user typed on top of it (without a
+    file, every flag, defaults included)."""
+    names = set(FusionConfig().flat())
+    if getattr(args, "config_path", None):
+        base = FusionConfig.load(args.config_path)
+        values = {k: v for k, v in vars(args).items() if k in names and k in args.given}
+    else:
+        base = FusionConfig()
+        values = {k: v for k, v in vars(args).items() if k in names}
+    return base.replace(**{**values, **overrides})
 
 
 def _load_models(args: argparse.Namespace, info) -> tuple:
@@ -190,7 +205,7 @@ def cmd_align(args: argparse.Namespace) -> None:
         "models": {"model_a": describe_model(model_a), "model_b": describe_model(model_b)},
         "timings_s": {"activations": round(activations_s, 4),
                       "cost_and_alignment": round(time.perf_counter() - start - activations_s, 4)},
-        "config": asdict(config),
+        "config": config.to_dict(),
         "swapped": swapped,
         "warnings": alignment.notes,
     })
@@ -201,7 +216,7 @@ def _fuse_and_report(model_a, model_b, splits, config: FusionConfig, args: argpa
     result = run_fusion(model_a, model_b, splits, config, progress=update)
     bar.close()
     if args.out:
-        save_checkpoint(result.fused_finetuned or result.fused.model, args.out, dataset=config.dataset)
+        save_checkpoint(result.fused_finetuned or result.fused.model, args.out, dataset=config.probe.dataset)
         print(f"wrote {args.out}", file=sys.stderr)
     _write_json(args.json_path, result.to_json())
     if args.json_path:
@@ -228,7 +243,11 @@ COMMANDS = {"train": cmd_train, "align": cmd_align, "fuse": cmd_fuse, "demo": cm
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    subparser = parser._subparsers._group_actions[0].choices[args.command]
+    args.given = _given_options(subparser, argv)
     try:
         COMMANDS[args.command](args)
     except FusionError as error:

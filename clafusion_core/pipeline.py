@@ -15,7 +15,7 @@ import copy
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,87 +30,11 @@ from .devices import resolve_device
 from .errors import AlignmentError, CheckpointError
 from .layers import model_view
 from .models import count_parameters
+from .config import FusionConfig
 from .methods import FusionBatch, FusionOutput, get_method
-from .otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, OTOptions
 from .repair import repair_statistics, repairable_layers, with_biases
 from .similarity import METRICS, cost_matrix
 from .train import Progress, TrainConfig, cached_accuracy, evaluate, finetune, reset_batchnorm
-
-
-INSERTED_WEIGHTS = ("deeper", "average")
-FINETUNE_FIELDS = ("finetune_epochs", "finetune_lr", "optimizer", "distill", "distill_temperature", "finetune_parents")
-
-
-@dataclass(frozen=True)
-class FusionConfig:
-    """Everything that determines a fusion run (saved in ``result.json`` to rerun it)."""
-
-    dataset: str = "digits"
-    data_root: str | None = None
-    cost: str = "linear_cka"
-    probe_size: int | None = None      # None: the dataset's default (data.PROBE_SIZES)
-    probe_seed: int = 0
-    activation: str = "post"           # "post" (after ReLU) or "pre"
-    conv_features: str = "pool"        # conv maps: average over space or flatten
-    pin_first: bool = True
-    pin_last: bool = True
-    balance: str = "add"
-    method: str = "ot"
-    ground_metric: str = "activations"
-    ground_activation: str = "post"    # the OT ground metric's own activations (not the cost matrix's)
-    ground_conv_features: str = "positions"
-    solver: str = "emd"
-    sinkhorn_reg: float = 0.01
-    fusion_weight: float = 0.5
-    input_scaling: str = "average"
-    marginals: str = "uniform"
-    inserted_weight: str = "deeper"    # at layers balancing inserted: keep the deeper model's layer, or "average"
-    repair: bool = True
-    bn_reset: bool = True
-    finetune_epochs: int = 0
-    finetune_lr: float = 0.01
-    optimizer: str = "sgd"
-    distill: float = 0.9               # weight of distillation from the parents' ensemble (0: labels only)
-    distill_temperature: float = 4.0
-    finetune_parents: bool = False
-    seed: int = 0
-    device: str = "auto"
-    mapping: tuple[tuple[int, ...], ...] | None = None   # a user's per-stage matching instead of the DP's
-
-    def __post_init__(self):
-        if self.cost not in METRICS:
-            raise AlignmentError(f"Unknown cost metric '{self.cost}'; choose one of {METRICS}.")
-        if self.balance not in BALANCE_METHODS:
-            raise AlignmentError(f"Unknown balancing '{self.balance}'; choose one of {BALANCE_METHODS}.")
-        if self.activation not in ("pre", "post") or self.conv_features not in CONV_MODES:
-            raise AlignmentError("Activations must be 'pre' or 'post' and conv features 'pool' or 'flatten'.")
-        get_method(self.method)
-        self.ot_options()  # validates the fusion options
-        if not 0.0 <= self.fusion_weight <= 1.0:
-            raise AlignmentError("The fusion weight s must lie between 0 (all A) and 1 (all B).")
-        if self.inserted_weight not in INSERTED_WEIGHTS:
-            raise AlignmentError(f"Unknown inserted-layer weight '{self.inserted_weight}'; choose one of {INSERTED_WEIGHTS}.")
-        self.finetune_config()
-
-    def fusion_key(self) -> FusionConfig:
-        """This config with the finetuning settings at their defaults: two configs with equal keys give the
-        same one-shot fusion (the app's "is this result stale?" check)."""
-        defaults = {name: FusionConfig.__dataclass_fields__[name].default for name in FINETUNE_FIELDS}
-        return replace(self, **defaults)
-
-    def finetune_config(self) -> TrainConfig:
-        """The training settings of a finetune, shared by the fused model and the parents' fair baseline."""
-        return TrainConfig(epochs=self.finetune_epochs, lr=self.finetune_lr, optimizer=self.optimizer,
-                           seed=self.seed, distill=self.distill, temperature=self.distill_temperature)
-
-    def ot_options(self) -> OTOptions:
-        return OTOptions(ground_metric=self.ground_metric, solver=self.solver, sinkhorn_reg=self.sinkhorn_reg,
-                         input_scaling=self.input_scaling, marginals=self.marginals,
-                         ground_activation=self.ground_activation, ground_conv_features=self.ground_conv_features)
-
-    def method_options(self):
-        """The options of the chosen fusion method."""
-        return {"ot": self.ot_options}[self.method]()
 
 
 @dataclass
@@ -181,16 +105,16 @@ class FusionResult:
             "models": {"model_a": describe_model(self.model_a), "model_b": describe_model(self.model_b),
                        "balanced_b": describe_model(self.balanced.model_b),
                        "fused": describe_model(self.fused.model)},
-            "balancing": {"method": self.config.balance, "inserted": self.balanced.inserted,
+            "balancing": {"method": self.config.balancing.method, "inserted": self.balanced.inserted,
                           "removed": self.balanced.removed, "exact": self.balanced.exact},
-            "method": self.config.method,
+            "method": self.config.fusion.name,
             "layer_weights": self.layer_weights,
             "repair": self.repair,
             "diagnostics": self.fused.diagnostics,
             "accuracy": self.accuracy,
             "histories": self.histories,
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
-            "config": asdict(self.config),
+            "config": self.config.to_dict(),
             "seed": self.config.seed,
             "swapped": self.swapped,
             "warnings": self.warnings + self.alignment.notes + self.balanced.notes + self.fused.warnings,
@@ -220,7 +144,7 @@ def order_pair(model_a: nn.Module, model_b: nn.Module) -> tuple[nn.Module, nn.Mo
 
 def fusion_batch(splits: DataSplits, config: FusionConfig) -> FusionBatch:
     """The probe batch every stage shares (alignment, ground metric, repair, a method's fits), with labels."""
-    return FusionBatch(*probe_examples(splits, config.probe_size, config.probe_seed))
+    return FusionBatch(*probe_examples(splits, config.probe.size, config.probe.seed))
 
 
 def probe_inputs(splits: DataSplits, config: FusionConfig) -> torch.Tensor:
@@ -229,7 +153,7 @@ def probe_inputs(splits: DataSplits, config: FusionConfig) -> torch.Tensor:
 
 def compute_activations(model: nn.Module, probe: torch.Tensor, config: FusionConfig) -> list[list[torch.Tensor]]:
     """Per-stage unit activations of one model (cache these: every metric reuses them)."""
-    return unit_activations(model, probe, pre=config.activation == "pre", conv=config.conv_features)
+    return unit_activations(model, probe, pre=config.alignment.activation == "pre", conv=config.alignment.conv_features)
 
 
 def stage_pins(family: str, depths_b: list[int], config: FusionConfig) -> tuple[list[tuple[bool, bool]], list[str]]:
@@ -239,9 +163,9 @@ def stage_pins(family: str, depths_b: list[int], config: FusionConfig) -> tuple[
     filled = [s for s, n in enumerate(depths_b) if n]
     first, last = (filled[0], filled[-1]) if filled else (-1, -1)
     notes = []
-    if family == "resnet" and not config.pin_first:
+    if family == "resnet" and not config.alignment.pin_first:
         notes.append("ResNet stages always match their first blocks (they downsample).")
-    pins = [((config.pin_first and s == first) or family == "resnet", config.pin_last and s == last)
+    pins = [((config.alignment.pin_first and s == first) or family == "resnet", config.alignment.pin_last and s == last)
             for s in range(len(depths_b))]
     return pins, notes
 
@@ -254,7 +178,7 @@ def compute_alignment(acts_a: list[list[torch.Tensor]], acts_b: list[list[torch.
                              "fuse models with the same number of stages (poolings / resolutions).")
     flat_a = [a for stage in acts_a for a in stage]
     flat_b = [b for stage in acts_b for b in stage]
-    full = cost_matrix(flat_a, flat_b, config.cost) if flat_a and flat_b else np.zeros((len(flat_a), len(flat_b)))
+    full = cost_matrix(flat_a, flat_b, config.alignment.cost) if flat_a and flat_b else np.zeros((len(flat_a), len(flat_b)))
     pins, notes = stage_pins(model_a.spec.family, [len(stage) for stage in acts_b], config)
     costs, optimal, row, col = [], [], 0, 0
     for stage_a, stage_b, (pin_first, pin_last) in zip(acts_a, acts_b, pins):
@@ -266,8 +190,8 @@ def compute_alignment(acts_a: list[list[torch.Tensor]], acts_b: list[list[torch.
         optimal.append(align_layers(costs[-1], pin_first=pin_first, pin_last=pin_last))
         row, col = row + m, col + n
     mappings = optimal
-    if config.mapping is not None:
-        mappings = [list(m) for m in config.mapping]
+    if config.alignment.mapping is not None:
+        mappings = [list(m) for m in config.alignment.mapping]
         if len(mappings) != len(costs):
             raise AlignmentError(f"The matching gives {len(mappings)} stages but the models have {len(costs)}.")
         for cost, mapping, (pin_first, pin_last) in zip(costs, mappings, pins):
@@ -295,14 +219,14 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
     BatchNorm reset. Returns the fusion, the per-layer weights and what repair did."""
     parents = [balanced.model_a.to(device), balanced.model_b.to(device)]
     batch = batch.to(device)
-    weights = [1 - config.fusion_weight, config.fusion_weight]
-    layer_weights = inserted_layer_weights(balanced, config.fusion_weight, config.inserted_weight)
-    fused = get_method(config.method).fuse(parents, 1, weights, batch, config.method_options(), layer_weights)
-    report: dict = {"enabled": config.repair, "fused_plain_test": None}
-    if config.repair or config.bn_reset:
+    weights = [1 - config.fusion.weight, config.fusion.weight]
+    layer_weights = inserted_layer_weights(balanced, config.fusion.weight, config.fusion.inserted)
+    fused = get_method(config.fusion.name).fuse(parents, 1, weights, batch, config.fusion.options, layer_weights)
+    report: dict = {"enabled": config.repair.statistics, "fused_plain_test": None}
+    if config.repair.statistics or config.repair.bn_reset:
         report["fused_plain_test"] = evaluate(fused.model, splits.test, device)
-    if not config.repair or not repairable_layers(fused.model):   # BatchNorm everywhere: the reset repairs
-        report["enabled"] = bool(config.repair and repairable_layers(fused.model))
+    if not config.repair.statistics or not repairable_layers(fused.model):   # BatchNorm everywhere: the reset repairs
+        report["enabled"] = bool(config.repair.statistics and repairable_layers(fused.model))
         _bn_reset(fused.model, splits, config, device)
         return fused, layer_weights, report
     repaired = with_biases(copy.deepcopy(fused.model))
@@ -336,7 +260,6 @@ def run_fusion(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, confi
     """Align, balance, fuse, evaluate and (optionally) finetune two trained models end to end."""
     report = progress or (lambda fraction, message: None)
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
     model_a, model_b, swapped = order_pair(model_a, model_b)
     warnings = ["Model B is deeper than model A, so they were swapped: A is now the deeper one."] if swapped else []
@@ -350,18 +273,18 @@ def run_fusion(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, confi
         alignment = compute_alignment(acts_a, acts_b, model_a, config)
     report(0.15, "balancing")
     with _timed(timings, "balancing"):
-        balanced = balance(model_a, model_b, alignment.mappings, config.balance, batch.inputs)
-    report(0.2, f"fusion ({get_method(config.method).title})")
+        balanced = balance(model_a, model_b, alignment.mappings, config.balancing.method, batch.inputs)
+    report(0.2, f"fusion ({get_method(config.fusion.name).title})")
     with _timed(timings, "fusion"):
         fused, layer_weights, repair_report = fuse_balanced(balanced, batch, splits, config, device)
 
     report(0.3, "evaluation")
     with _timed(timings, "evaluation"):
-        vanilla = vanilla_average(model_a, model_b, config.fusion_weight)
+        vanilla = vanilla_average(model_a, model_b, config.fusion.weight)
         accuracy = {
             "model_a": cached_accuracy(model_a, splits.test, device),
             "model_b": cached_accuracy(model_b, splits.test, device),
-            "balanced_a": cached_accuracy(balanced.model_a, splits.test, device) if config.balance == "merge" else None,
+            "balanced_a": cached_accuracy(balanced.model_a, splits.test, device) if config.balancing.method == "merge" else None,
             "balanced_b": cached_accuracy(balanced.model_b, splits.test, device),
             "ensemble": ensemble_accuracy([model_a, model_b], splits.test, device),
             "vanilla": evaluate(_bn_reset(vanilla, splits, config, device), splits.test, device) if vanilla else None,
@@ -372,14 +295,14 @@ def run_fusion(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, confi
 
     result = FusionResult(config, model_a, model_b, alignment, balanced, fused, accuracy, timings, swapped,
                           layer_weights=layer_weights, repair=repair_report, warnings=warnings)
-    if config.finetune_epochs > 0:
+    if config.finetune.epochs > 0:
         finetune_result(result, splits, progress=lambda f, m: report(0.35 + 0.65 * f, m), on_epoch=on_epoch)
     report(1.0, "done")
     return result
 
 
 def _bn_reset(model: nn.Module, splits: DataSplits, config: FusionConfig, device: torch.device) -> nn.Module:
-    if config.bn_reset:
+    if config.repair.bn_reset:
         reset_batchnorm(model, splits.train, device)
     return model
 
@@ -387,7 +310,7 @@ def _bn_reset(model: nn.Module, splits: DataSplits, config: FusionConfig, device
 def finetune_teacher(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, config: FusionConfig,
                      device: torch.device | str = "cpu") -> torch.Tensor | None:
     """The parents' ensemble logits on every training example, or None when finetuning does not distil."""
-    return teacher_logits([model_a, model_b], splits.train.tensors[0], device) if config.distill > 0 else None
+    return teacher_logits([model_a, model_b], splits.train.tensors[0], device) if config.finetune.distill > 0 else None
 
 
 def finetune_result(result: FusionResult, splits: DataSplits, *, epochs: int | None = None, lr: float | None = None,
@@ -402,13 +325,13 @@ def finetune_result(result: FusionResult, splits: DataSplits, *, epochs: int | N
     """
     changes = {"finetune_epochs": epochs, "finetune_lr": lr, "optimizer": optimizer, "finetune_parents": parents,
                "distill": distill, "distill_temperature": temperature}
-    config = replace(result.config, **{k: v for k, v in changes.items() if v is not None})
+    config = result.config.replace(**{k: v for k, v in changes.items() if v is not None})
     training = config.finetune_config()
     result.config = config
     device = resolve_device(config.device)
     teacher = finetune_teacher(result.model_a, result.model_b, splits, config, device)
     runs = [("fused", result.fused.model)]
-    if config.finetune_parents:
+    if config.finetune.parents:
         runs += [("model_a", result.model_a), ("model_b", result.model_b)]
     for name in ("model_a", "model_b"):  # no stale numbers from an earlier call
         result.accuracy.pop(f"{name}_finetuned", None)

@@ -150,7 +150,13 @@ def train_model(model: nn.Module, train: TensorDataset, val: TensorDataset, conf
     """
     if config.distill > 0 and (teacher_logits is None or len(teacher_logits) != len(train)):
         raise FusionError("Distillation needs the teacher's logits for every training example.")
-    torch.manual_seed(config.seed)
+    with torch.random.fork_rng(devices=[]):   # seeded locally: the caller's random state is left as it was
+        torch.manual_seed(config.seed)
+        return _train(model, train, val, config, device, progress, on_epoch, teacher_logits)
+
+
+def _train(model: nn.Module, train: TensorDataset, val: TensorDataset, config: TrainConfig, device, progress,
+           on_epoch, teacher_logits) -> History:
     model.to(device)
     optimizer = _optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)

@@ -84,8 +84,9 @@ def trained_model(arch: str, seed: int, dataset: str = "digits", training: Train
         except FusionError:
             path.unlink(missing_ok=True)  # a damaged cache entry is retrained, not shown to the user
     splits = load_dataset(dataset, data_root)
-    torch.manual_seed(seed)  # the seed fixes the initial weights as well as the batch order
-    model = build_model(arch, splits.info.input_shape, splits.info.num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the seed fixes the initial weights (train_model seeds the batch order)
+        model = build_model(arch, splits.info.input_shape, splits.info.num_classes)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # float sums depend on the thread count: one thread gives the same model everywhere
     try:

@@ -100,7 +100,7 @@ override = state.override(pair)
 mine, override_error = None, None
 if override is not None:
     try:
-        mine = cached.alignment(loaded, replace(config, mapping=override))
+        mine = cached.alignment(loaded, config.replace(mapping=override))
     except FusionError as exc:
         override_error = str(exc)
 
@@ -108,7 +108,7 @@ if override is not None:
 names_a, names_b = views.unit_names(model_a), views.unit_names(model_b)
 fig = plots.cost_heatmap(dp.full_cost, names_a, names_b, path=dp.global_mapping(dp.optimal),
                          override=dp.global_mapping(override) if override is not None else None,
-                         title=f"Cost matrix — {METRIC_LABELS[config.cost]}",
+                         title=f"Cost matrix — {METRIC_LABELS[config.alignment.cost]}",
                          row_widths=views.unit_widths(model_a), col_widths=views.unit_widths(model_b))
 ui.chart(fig, key=state.HEATMAP, on_select=_on_cell_click, selection_mode="points")
 st.caption("Rows: layers of A (deeper); columns: layers of B. Dark = similar. Red: the DP alignment"
@@ -165,13 +165,13 @@ st.subheader("Compare metrics")
 st.toggle("Show every metric side by side", key=state.COMPARE, persist_state="session",
           help="Computes the cost matrix of every metric (each is cached; the activations are shared).")
 if st.session_state[state.COMPARE]:
-    order = [config.cost] + [m for m in METRICS if m != config.cost]
+    order = [config.alignment.cost] + [m for m in METRICS if m != config.alignment.cost]
     bar = st.progress(0.0, text="cost matrices")
     alignments, failed = {}, {}
     for k, metric in enumerate(order):
         bar.progress(k / len(order), text=f"cost matrix: {METRIC_LABELS[metric]}")
         try:
-            alignments[metric] = cached.alignment(loaded, replace(config, cost=metric))
+            alignments[metric] = cached.alignment(loaded, config.replace(cost=metric))
         except FusionError as exc:
             failed[metric] = str(exc)
     bar.empty()

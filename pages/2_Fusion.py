@@ -8,7 +8,7 @@ from clafusion_core.balancing import BALANCE_METHODS
 from clafusion_core.devices import DEVICES, cuda_available, device_label, resolve_device
 from clafusion_core.methods import METHODS
 from clafusion_core.otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, SOLVERS
-from clafusion_core.pipeline import INSERTED_WEIGHTS
+from clafusion_core.config import INSERTED_WEIGHTS
 from clafusion_core.similarity import METRIC_LABELS
 
 SINKHORN_REGS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
@@ -94,11 +94,11 @@ with ui.user_errors(stop=False):
     device_ok = False
     resolve_device(config.device)
     device_ok = True
-if config.mapping is not None:
+if config.alignment.mapping is not None:
     st.caption("Matching: **your matching** from the Alignment page "
-               f"({METRIC_LABELS[config.cost]} costs).")
+               f"({METRIC_LABELS[config.alignment.cost]} costs).")
 else:
-    st.caption(f"Matching: the DP alignment under **{METRIC_LABELS[config.cost]}** (change it on the Alignment page).")
+    st.caption(f"Matching: the DP alignment under **{METRIC_LABELS[config.alignment.cost]}** (change it on the Alignment page).")
 
 if st.button("Run fusion", type="primary", icon=":material/play_arrow:", disabled=not device_ok):
     bar = st.progress(0.0, text="starting")

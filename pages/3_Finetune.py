@@ -97,7 +97,7 @@ if st.button("Finetune", type="primary", icon=":material/play_arrow:"):
 # -------------------------------------------------------------------------------------------- results
 acc = fusion.accuracy
 tuned = fusion.fused_finetuned is not None
-parents_tuned = tuned and fusion.config.finetune_parents and acc.get("model_a_finetuned") is not None
+parents_tuned = tuned and fusion.config.finetune.parents and acc.get("model_a_finetuned") is not None
 m = st.columns(4)
 if tuned:
     m[0].metric("Fused + finetuned", ui.percent(acc["fused_finetuned"]),
@@ -115,10 +115,10 @@ else:
     m[3].metric("Model B", ui.percent(acc["model_b"]))
 if tuned:
     config = fusion.config
-    teacher = (f"distilled from the parents (weight {config.distill:g}, T = {config.distill_temperature:g})"
-               if config.distill > 0 else "labels only")
-    st.caption(f"{config.finetune_epochs} epoch(s), learning rate {config.finetune_lr}, "
-               f"{OPTIMIZER_LABELS[config.optimizer]}, {teacher}; the best validation epoch is kept.")
+    teacher = (f"distilled from the parents (weight {config.finetune.distill:g}, T = {config.finetune.temperature:g})"
+               if config.finetune.distill > 0 else "labels only")
+    st.caption(f"{config.finetune.epochs} epoch(s), learning rate {config.finetune.lr}, "
+               f"{OPTIMIZER_LABELS[config.finetune.optimizer]}, {teacher}; the best validation epoch is kept.")
 else:
     st.info("Choose the epochs and press **Finetune**: the validation curve is drawn live, epoch by epoch.",
             icon=":material/info:")

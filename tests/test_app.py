@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
 from app_support import state  # noqa: E402
 from clafusion_core import checkpoints, pipeline  # noqa: E402
 from clafusion_core.checkpoints import checkpoint_bytes, load_checkpoint  # noqa: E402
+from clafusion_core.config import FinetuneConfig  # noqa: E402
 from clafusion_core.devices import cuda_available  # noqa: E402
 from clafusion_core.models import build_model  # noqa: E402
 
@@ -167,7 +168,7 @@ def test_what_if_matching_is_checked_priced_and_used_by_fusion():
     button(at, "Run fusion").click().run()
     assert_clean(at)
     fusion = at.session_state[state.RESULT][1]
-    assert fusion.config.mapping == ((0, 2, 4),)
+    assert fusion.config.alignment.mapping == ((0, 2, 4),)
     assert fusion.alignment.mappings == [[0, 2, 4]]
 
 
@@ -252,7 +253,7 @@ def test_sinkhorn_fusion_then_finetuning_the_parents_too(home):
     assert_clean(at)
     assert not at_errors(at)
     fusion = at.session_state[state.RESULT][1]
-    assert fusion.config.solver == "sinkhorn" and fusion.config.sinkhorn_reg == 0.05
+    assert fusion.config.fusion.options.solver == "sinkhorn" and fusion.config.fusion.options.sinkhorn_reg == 0.05
     at.switch_page(PAGES[2]).run()
     at.number_input(key=state.FT_EPOCHS).set_value(1).run()
     at.checkbox(key=state.FT_PARENTS).check().run()
@@ -269,23 +270,23 @@ def test_distillation_controls_reach_the_finetune(home):
     """The weight and temperature chosen on the page are what the finetune runs with, and the caption says so."""
     at = home
     at.switch_page(PAGES[2]).run()
-    assert at.slider(key=state.FT_DISTILL).value == pipeline.FusionConfig.distill
+    assert at.slider(key=state.FT_DISTILL).value == FinetuneConfig.distill
     at.number_input(key=state.FT_EPOCHS).set_value(1).run()
     at.slider(key=state.FT_DISTILL).set_value(0.0).run()
     assert at.select_slider(key=state.FT_TEMPERATURE).proto.disabled   # no teacher, no temperature
     button(at, "Finetune").click().run()
     assert_clean(at)
-    assert at.session_state[state.RESULT][1].config.distill == 0.0
+    assert at.session_state[state.RESULT][1].config.finetune.distill == 0.0
     assert any("labels only" in c.value for c in at.caption)
     at.slider(key=state.FT_DISTILL).set_value(0.5).run()
     at.select_slider(key=state.FT_TEMPERATURE).set_value(2.0).run()
     button(at, "Finetune").click().run()
     assert_clean(at)
     config = at.session_state[state.RESULT][1].config
-    assert (config.distill, config.distill_temperature) == (0.5, 2.0)
+    assert (config.finetune.distill, config.finetune.temperature) == (0.5, 2.0)
     assert any("weight 0.5, T = 2" in c.value for c in at.caption)
-    at.slider(key=state.FT_DISTILL).set_value(pipeline.FusionConfig.distill).run()
-    at.select_slider(key=state.FT_TEMPERATURE).set_value(pipeline.FusionConfig.distill_temperature).run()
+    at.slider(key=state.FT_DISTILL).set_value(FinetuneConfig.distill).run()
+    at.select_slider(key=state.FT_TEMPERATURE).set_value(FinetuneConfig.temperature).run()
 
 # ------------------------------------------------------------------------------------------------ errors
 

@@ -9,6 +9,7 @@ import torch
 
 from clafusion_core.checkpoints import load_checkpoint, save_checkpoint
 from clafusion_core.cli import main
+from clafusion_core.config import FusionConfig
 from clafusion_core.models import build_model
 
 
@@ -34,7 +35,7 @@ def test_align_writes_cost_matrix_and_alignment(trained, tmp_path):
     payload = json.loads(out.read_text())
     assert len(payload["cost_matrix"]) == 3 and len(payload["cost_matrix"][0]) == 2
     assert payload["alignment"][0] == 0 and payload["alignment"][-1] == 2   # both ends pinned
-    assert payload["config"]["cost"] == "debiased_cka"
+    assert payload["config"]["alignment"]["cost"] == "debiased_cka"
 
 
 def test_align_without_pins_can_move_the_ends(trained, tmp_path):
@@ -53,7 +54,7 @@ def test_fuse_writes_result_and_a_model_the_cli_loads_again(trained, tmp_path):
     assert main(args) == 0
     payload = json.loads(result.read_text())
     assert payload["accuracy"]["fused_finetuned"] is not None
-    assert payload["config"]["solver"] == "sinkhorn" and payload["seed"] == 0
+    assert payload["config"]["fusion"]["options"]["solver"] == "sinkhorn" and payload["seed"] == 0
     assert load_checkpoint(fused)[1].arch == payload["models"]["fused"]["arch"]
     again = tmp_path / "again.json"
     assert main(["align", str(fused), str(trained["shallow"]), "--json", str(again)]) == 0
@@ -65,6 +66,47 @@ def test_demo_runs_the_default_pair(tmp_path, mlp_pair):
     payload = json.loads(out.read_text())
     assert payload["models"]["model_a"]["arch"] == "mlp:400-200-100-50-25"
 
+
+
+def _without_timings(payload: dict) -> dict:
+    return {k: v for k, v in payload.items() if k != "timings_s"}
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_a_run_config_round_trips_through_result_json_and_config(trained, tmp_path, suffix):
+    """``fuse --config`` with the ``config`` of a result.json reruns it: the same result.json but timings."""
+    import yaml
+
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    models = [str(trained["deep"]), str(trained["shallow"])]
+    assert main(["fuse", *models, "--cost", "cca", "--ground-metric", "weights", "--fusion-weight", "0.3",
+                 "--probe-size", "50", "--seed", "4", "--json", str(first)]) == 0
+    recorded = json.loads(first.read_text())["config"]
+    config_file = tmp_path / f"run{suffix}"
+    config_file.write_text(json.dumps(recorded) if suffix == ".json" else yaml.safe_dump(recorded))
+    assert main(["fuse", *models, "--config", str(config_file), "--json", str(second)]) == 0
+    assert _without_timings(json.loads(second.read_text())) == _without_timings(json.loads(first.read_text()))
+    assert FusionConfig.load(first) == FusionConfig.from_dict(recorded)   # a result.json is a config file too
+
+
+def test_flags_typed_override_the_config_file(trained, tmp_path):
+    config_file = tmp_path / "run.json"
+    config_file.write_text(json.dumps(FusionConfig.from_flat(cost="cca", fusion_weight=0.3, probe_size=50).to_dict()))
+    out = tmp_path / "result.json"
+    assert main(["fuse", str(trained["deep"]), str(trained["shallow"]), "--config", str(config_file),
+                 "--fusion-weight", "0.5", "--json", str(out)]) == 0
+    config = FusionConfig.from_dict(json.loads(out.read_text())["config"])
+    assert (config.alignment.cost, config.fusion.weight, config.probe.size) == ("cca", 0.5, 50)
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "not valid JSON"), ('{"magic": {}}', "Unknown section"),
+                                              ('{"alignment": {"costt": "cca"}}', "alignment")])
+def test_bad_config_files_are_one_sentence(trained, tmp_path, capsys, content, message):
+    config_file = tmp_path / "run.json"
+    config_file.write_text(content)
+    assert main(["fuse", str(trained["deep"]), str(trained["shallow"]), "--config", str(config_file)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 @pytest.mark.parametrize("make_args, message", [
     (lambda p, t: ["train", "--arch", "transformer:12", "--epochs", "1", "--out", str(t / "x.safetensors")],

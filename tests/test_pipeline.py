@@ -4,7 +4,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+from clafusion_core.config import FinetuneConfig
 from clafusion_core.errors import AlignmentError, CheckpointError
 from clafusion_core.layers import model_view
 from clafusion_core.models import build_model
@@ -45,7 +47,7 @@ def test_balanced_b_scores_exactly_what_b_scores(mlp_pair, digits):
 
 
 def test_same_seed_gives_identical_results(mlp_pair, digits):
-    config = FusionConfig(finetune_epochs=1, seed=3)
+    config = FusionConfig.from_flat(finetune_epochs=1, seed=3)
     first = _no_timings(run_fusion(*mlp_pair, digits, config).to_json())
     second = _no_timings(run_fusion(*mlp_pair, digits, config).to_json())
     assert first == second
@@ -63,7 +65,7 @@ def test_short_finetune_matches_or_beats_the_better_parent(mlp_pair, digits):
     Measured over finetune seeds 0-4 (``benchmarks/finetune.py``) the fused model ends level with the
     better parent in four runs and two test images (0.56 pp) below it in one; it has not been seen to
     beat it on this pair (see the README)."""
-    result = run_fusion(*mlp_pair, digits, FusionConfig(finetune_epochs=5))
+    result = run_fusion(*mlp_pair, digits, FusionConfig.from_flat(finetune_epochs=5))
     accuracy = result.accuracy
     assert accuracy["fused_finetuned"] > accuracy["fused"]        # finetuning recovers accuracy
     assert accuracy["fused_finetuned"] >= max(accuracy["model_a"], accuracy["model_b"])
@@ -73,10 +75,10 @@ def test_short_finetune_matches_or_beats_the_better_parent(mlp_pair, digits):
 def test_distilling_from_the_parents_finetunes_better_than_labels_alone(mlp_pair, digits):
     """Mean over three finetune seeds: the parents' soft outputs are what closes the gap to them."""
     def mean_finetuned(distill: float) -> float:
-        return float(np.mean([run_fusion(*mlp_pair, digits, FusionConfig(finetune_epochs=5, seed=seed,
+        return float(np.mean([run_fusion(*mlp_pair, digits, FusionConfig.from_flat(finetune_epochs=5, seed=seed,
                                                                           distill=distill)).accuracy["fused_finetuned"]
                               for seed in range(3)]))
-    assert mean_finetuned(FusionConfig.distill) > mean_finetuned(0.0)
+    assert mean_finetuned(FinetuneConfig.distill) > mean_finetuned(0.0)
 
 
 def test_a_deeper_model_b_is_swapped_first(mlp_pair, digits):
@@ -88,7 +90,7 @@ def test_a_deeper_model_b_is_swapped_first(mlp_pair, digits):
 
 def test_a_user_override_is_what_gets_fused(mlp_pair, digits):
     override = ((0, 2, 4),)
-    result = run_fusion(*mlp_pair, digits, FusionConfig(mapping=override))
+    result = run_fusion(*mlp_pair, digits, FusionConfig.from_flat(mapping=override))
     assert result.alignment.mappings == [[0, 2, 4]]
     assert result.balanced.inserted == [(0, 1), (0, 3)]
     assert result.alignment.total_cost >= result.alignment.optimal_cost - 1e-12
@@ -97,14 +99,14 @@ def test_a_user_override_is_what_gets_fused(mlp_pair, digits):
 @pytest.mark.parametrize("override", [((0, 0, 4),), ((1, 2, 4),), ((0, 2),), ((0, 2, 4), (1,))])
 def test_invalid_overrides_are_refused(mlp_pair, digits, override):
     with pytest.raises(AlignmentError):
-        run_fusion(*mlp_pair, digits, FusionConfig(mapping=override))
+        run_fusion(*mlp_pair, digits, FusionConfig.from_flat(mapping=override))
 
 
 def test_changing_the_metric_changes_the_matrix_but_not_the_activations(mlp_pair, digits):
     config = FusionConfig()
     probe = probe_inputs(digits, config)
     acts_a, acts_b = (compute_activations(m, probe, config) for m in mlp_pair)
-    matrices = {metric: compute_alignment(acts_a, acts_b, mlp_pair[0], FusionConfig(cost=metric)).full_cost
+    matrices = {metric: compute_alignment(acts_a, acts_b, mlp_pair[0], FusionConfig.from_flat(cost=metric)).full_cost
                 for metric in ("linear_cka", "width", "cca")}
     assert not np.allclose(matrices["linear_cka"], matrices["width"])
     assert not np.allclose(matrices["linear_cka"], matrices["cca"])
@@ -112,7 +114,7 @@ def test_changing_the_metric_changes_the_matrix_but_not_the_activations(mlp_pair
 
 def test_staged_models_pin_only_the_model_ends(digits):
     """A CNN's first and last conv are pinned; stages in between align freely."""
-    config = FusionConfig(cost="width")
+    config = FusionConfig.from_flat(cost="width")
     model_a, model_b, alignment = _cnn_alignment(digits, "vgg:8-8-M-16-16-M-32-32", "vgg:8-M-16-M-32", config)
     assert alignment.mappings[0] == [0] and alignment.mappings[2] == [1]
     result = run_fusion(model_a, model_b, digits, config)
@@ -132,7 +134,7 @@ def test_different_families_are_refused(digits):
 
 @pytest.mark.parametrize("balance", ["add", "merge"])
 def test_both_balancings_run_end_to_end(mlp_pair, digits, balance):
-    result = run_fusion(*mlp_pair, digits, FusionConfig(balance=balance))
+    result = run_fusion(*mlp_pair, digits, FusionConfig.from_flat(balance=balance))
     depth = 5 if balance == "add" else 3
     assert result.to_json()["models"]["fused"]["depth"] == depth
     assert result.accuracy["fused"] > 0.5
@@ -142,7 +144,7 @@ def test_both_balancings_run_end_to_end(mlp_pair, digits, balance):
 
 def test_finetuning_never_returns_a_worse_validation_model(mlp_pair, digits):
     """The starting weights compete in the best-validation selection, so one bad epoch cannot hurt."""
-    result = run_fusion(*mlp_pair, digits, FusionConfig(finetune_epochs=1, finetune_lr=0.5))
+    result = run_fusion(*mlp_pair, digits, FusionConfig.from_flat(finetune_epochs=1, finetune_lr=0.5))
     history = result.histories["fused"]
     assert len(history) == 2
     from clafusion_core.train import evaluate
@@ -151,14 +153,14 @@ def test_finetuning_never_returns_a_worse_validation_model(mlp_pair, digits):
 
 def test_a_second_finetune_drops_stale_parent_numbers(mlp_pair, digits):
     from clafusion_core.pipeline import finetune_result
-    result = run_fusion(*mlp_pair, digits, FusionConfig(finetune_epochs=1, finetune_parents=True))
+    result = run_fusion(*mlp_pair, digits, FusionConfig.from_flat(finetune_epochs=1, finetune_parents=True))
     assert "model_a_finetuned" in result.accuracy
     finetune_result(result, digits, epochs=1, parents=False)
     assert "model_a_finetuned" not in result.accuracy and "model_a" not in result.histories
 
 
 def test_locate_cell_maps_whole_matrix_cells_to_stages(digits):
-    _, _, alignment = _cnn_alignment(digits, "vgg:8-8-M-16-16-16", "vgg:8-M-16-16", FusionConfig(cost="width"))
+    _, _, alignment = _cnn_alignment(digits, "vgg:8-8-M-16-16-16", "vgg:8-M-16-16", FusionConfig.from_flat(cost="width"))
     assert alignment.full_cost.shape == (5, 3)
     assert alignment.locate_cell(0, 0) == (0, 0, 0)
     assert alignment.locate_cell(4, 2) == (1, 2, 1)
@@ -171,7 +173,7 @@ def test_cnn_and_resnet_demo_pairs_fuse_end_to_end(key, digits):
     from clafusion_core.zoo import load_demo_pair
 
     model_a, model_b = load_demo_pair(key)
-    result = run_fusion(model_a, model_b, digits, FusionConfig(finetune_epochs=1))
+    result = run_fusion(model_a, model_b, digits, FusionConfig.from_flat(finetune_epochs=1))
     accuracy = result.accuracy
     assert result.balanced.exact and accuracy["balanced_b"] == accuracy["model_b"]
     assert accuracy["fused"] > 0.3                         # ten classes: chance is 0.1
@@ -187,18 +189,30 @@ OTHER_VALUES = dict(dataset="mnist", data_root="/data", cost="cca", probe_size=3
                     sinkhorn_reg=0.05, fusion_weight=0.3, input_scaling="sum", marginals="importance",
                     inserted_weight="average", repair=False, bn_reset=False, finetune_epochs=3, finetune_lr=0.05,
                     optimizer="adam", distill=0.5, distill_temperature=2.0, finetune_parents=True, seed=7,
-                    device="cpu", mapping=((0, 2),))
+                    device="cpu", mapping=((0, 2),), squared=True, input_correction=False)
 
 
 def test_the_stale_result_check_covers_every_setting():
-    from dataclasses import fields, replace
-
-    from clafusion_core.pipeline import FINETUNE_FIELDS
+    from clafusion_core.config import FLAT_NAMES
 
     base = FusionConfig()
-    assert {f.name for f in fields(FusionConfig)} == set(OTHER_VALUES)
+    finetune_names = {name for name, (section, _) in FLAT_NAMES.items() if section == "finetune"}
+    assert set(base.flat()) == set(OTHER_VALUES)
     for name, value in OTHER_VALUES.items():
-        if value == getattr(base, name):      # a field with a single choice today (e.g. the method)
+        if value == base.flat()[name]:      # a setting with a single choice today (e.g. the method)
             continue
-        changed = replace(base, **{name: value})
-        assert (changed.fusion_key() == base.fusion_key()) == (name in FINETUNE_FIELDS), name
+        changed = base.replace(**{name: value})
+        assert changed.flat()[name] == value
+        assert (changed.fusion_key() == base.fusion_key()) == (name in finetune_names), name
+
+
+def test_a_run_leaves_the_parents_and_the_global_rng_as_they_were(mlp_pair, digits):
+    import copy
+
+    before = [copy.deepcopy(m.state_dict()) for m in mlp_pair]
+    rng = torch.random.get_rng_state()
+    run_fusion(*mlp_pair, digits, FusionConfig.from_flat(finetune_epochs=1, finetune_parents=True, balance="merge"))
+    assert torch.equal(rng, torch.random.get_rng_state())
+    for model, state in zip(mlp_pair, before):
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, state[key]) and value.device == state[key].device

@@ -69,7 +69,7 @@ def test_repair_without_a_bias_could_only_rescale_and_miss_the_mean():
 
 
 def test_the_pipeline_keeps_repair_only_when_it_improves_validation(mlp_pair, digits):
-    for config in (FusionConfig(), FusionConfig(dataset="digits", probe_size=100, probe_seed=3)):
+    for config in (FusionConfig(), FusionConfig.from_flat(dataset="digits", probe_size=100, probe_seed=3)):
         result = run_fusion(*mlp_pair, digits, config)
         report = result.repair
         assert report["enabled"] and report["kept"] == (report["val_with"] > report["val_without"])
@@ -79,7 +79,7 @@ def test_the_pipeline_keeps_repair_only_when_it_improves_validation(mlp_pair, di
 
 def test_repair_is_not_applicable_where_batchnorm_is_everywhere(digits):
     model_a, model_b = random_model("resnet:1-1-1-1@8-8-16-16", seed=1), random_model("resnet:1-1-1-1@8-8-16-16", seed=2)
-    result = run_fusion(model_a, model_b, digits, FusionConfig(probe_size=100))
+    result = run_fusion(model_a, model_b, digits, FusionConfig.from_flat(probe_size=100))
     assert result.repair["enabled"] is False and "kept" not in result.repair
 
 
