@@ -222,13 +222,20 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
     weights = [1 - config.fusion.weight, config.fusion.weight]
     layer_weights = inserted_layer_weights(balanced, config.fusion.weight, config.fusion.inserted)
     fused = get_method(config.fusion.name).fuse(parents, 1, weights, batch, config.fusion.options, layer_weights)
-    report: dict = {"enabled": config.repair.statistics, "fused_plain_test": None}
+    report: dict = {"fused_plain_test": None}
     if config.repair.statistics or config.repair.bn_reset:
         report["fused_plain_test"] = evaluate(fused.model, splits.test, device)
-    if not config.repair.statistics or not repairable_layers(fused.model):   # BatchNorm everywhere: the reset repairs
-        report["enabled"] = bool(config.repair.statistics and repairable_layers(fused.model))
+    report["enabled"] = bool(config.repair.statistics and repairable_layers(fused.model))
+    if report["enabled"]:
+        _repair(fused, parents, weights, layer_weights, batch, splits, config, device, report)
+    else:   # nothing to repair (or BatchNorm everywhere: the reset repairs)
         _bn_reset(fused.model, splits, config, device)
-        return fused, layer_weights, report
+    return fused, layer_weights, report
+
+
+def _repair(fused: FusionOutput, parents: list[nn.Module], weights: list[float], layer_weights: dict,
+            batch: FusionBatch, splits: DataSplits, config: FusionConfig, device: torch.device, report: dict) -> None:
+    """Statistics repair on a copy, kept (in ``fused.model``) only if it improves validation accuracy."""
     repaired = with_biases(copy.deepcopy(fused.model))
     repair_statistics(repaired, parents, fused.correspondence, weights, batch.inputs, layer_weights)
     plain, repaired = (_bn_reset(m, splits, config, device) for m in (fused.model, repaired))
@@ -244,7 +251,6 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
     if report["kept"] and report["added_biases"]:
         fused.warnings.append("Repair gave the fused model biases (its parents had none) so it could shift "
                               "each neuron's mean; the exported model has them too.")
-    return fused, layer_weights, report
 
 
 @contextmanager

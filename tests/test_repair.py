@@ -118,3 +118,4 @@ def test_per_position_ground_activations_compare_channels_on_their_whole_maps():
     torch.testing.assert_close(pooled, maps.mean((2, 3)))
     capped = group_activations(model, X, max_rows=1000)["features.0"]
     assert len(capped) <= 1000 and torch.equal(capped, rows[:: -(-len(rows) // 1000)])
+
