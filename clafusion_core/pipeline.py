@@ -275,6 +275,33 @@ def compute_alignment(acts_a: list[list[torch.Tensor]], acts_b: list[list[torch.
     return Alignment(costs, mappings, optimal, full, notes)
 
 
+@dataclass
+class BalancedPair:
+    """Two models after the front stages: ordered (A the deeper), aligned by the DP, balanced."""
+
+    model_a: nn.Module
+    model_b: nn.Module
+    swapped: bool
+    alignment: Alignment
+    balanced: Balanced
+
+
+def align_and_balance(model_a: nn.Module, model_b: nn.Module, batch: FusionBatch, config: FusionConfig,
+                      activations: dict[int, list[list[torch.Tensor]]] | None = None) -> BalancedPair:
+    """Order the pair, record both models' activations on ``batch``, align (DP) and balance them.
+
+    ``activations`` (keyed by ``id(model)``) lets a caller pairing one model with many record it once.
+    """
+    model_a, model_b, swapped = order_pair(model_a, model_b)
+    store = {} if activations is None else activations
+    for model in (model_a, model_b):
+        if id(model) not in store:
+            store[id(model)] = compute_activations(model, batch.inputs, config)
+    alignment = compute_alignment(store[id(model_a)], store[id(model_b)], model_a, config)
+    balanced = balance(model_a, model_b, alignment.mappings, config.balance, batch.inputs)
+    return BalancedPair(model_a, model_b, swapped, alignment, balanced)
+
+
 def inserted_layer_weights(balanced: Balanced, weight_b: float, rule: str) -> dict[str, list[float]]:
     """Per-layer ``[w_A, w_B]`` where they differ from ``[1 − s, s]``.
 
@@ -298,13 +325,21 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
     weights = [1 - config.fusion_weight, config.fusion_weight]
     layer_weights = inserted_layer_weights(balanced, config.fusion_weight, config.inserted_weight)
     fused = get_method(config.method).fuse(parents, 1, weights, batch, config.method_options(), layer_weights)
+    return fused, layer_weights, repair_and_reset(fused, parents, weights, layer_weights, batch, splits, config, device)
+
+
+def repair_and_reset(fused: FusionOutput, parents: list[nn.Module], weights: list[float],
+                     layer_weights: dict[str, list[float]], batch: FusionBatch, splits: DataSplits,
+                     config: FusionConfig, device: torch.device) -> dict:
+    """Statistics repair of ``fused.model`` (kept only if it helps on validation) and BatchNorm reset, for
+    any number of parents; replaces ``fused.model`` in place and returns what repair did."""
     report: dict = {"enabled": config.repair, "fused_plain_test": None}
     if config.repair or config.bn_reset:
         report["fused_plain_test"] = evaluate(fused.model, splits.test, device)
     if not config.repair or not repairable_layers(fused.model):   # BatchNorm everywhere: the reset repairs
         report["enabled"] = bool(config.repair and repairable_layers(fused.model))
         _bn_reset(fused.model, splits, config, device)
-        return fused, layer_weights, report
+        return report
     repaired = with_biases(copy.deepcopy(fused.model))
     repair_statistics(repaired, parents, fused.correspondence, weights, batch.inputs, layer_weights)
     plain, repaired = (_bn_reset(m, splits, config, device) for m in (fused.model, repaired))
@@ -320,7 +355,7 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
     if report["kept"] and report["added_biases"]:
         fused.warnings.append("Repair gave the fused model biases (its parents had none) so it could shift "
                               "each neuron's mean; the exported model has them too.")
-    return fused, layer_weights, report
+    return report
 
 
 @contextmanager
