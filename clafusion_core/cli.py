@@ -1,4 +1,4 @@
-"""Command line: ``python -m clafusion_core {train,align,fuse,demo} ...``.
+"""Command line: ``python -m clafusion_core {train,align,fuse,demo,barrier} ...``.
 
 User errors (a bad file, a missing dataset, an impossible alignment) print one sentence on stderr and
 exit with status 2 — never a traceback.
@@ -17,13 +17,14 @@ import torch
 from tqdm import tqdm
 
 from .activations import CONV_MODES
+from .barrier import DEFAULT_POINTS, barrier_curves
 from .balancing import BALANCE_METHODS
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import DATASETS, load_dataset
 from .devices import DEVICES
 from .errors import FusionError
 from .models import build_model
-from .methods import METHODS
+from .methods import METHODS, get_method
 from .otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, INPUT_SCALINGS, MARGINALS, SOLVERS
 from .pipeline import INSERTED_WEIGHTS, FusionConfig, compute_activations, compute_alignment, describe_model, order_pair, \
     probe_inputs, run_fusion
@@ -63,7 +64,8 @@ def _add_alignment_options(parser: argparse.ArgumentParser) -> None:
                         help="let the last hidden layers match freely")
 
 
-def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    """Balancing, the fusion method's options, repair, BatchNorm reset, seed and device."""
     parser.add_argument("--balance", default=DEFAULTS.balance, choices=BALANCE_METHODS)
     parser.add_argument("--method", default=DEFAULTS.method, choices=sorted(METHODS), help="fusion method")
     parser.add_argument("--ground-metric", default=DEFAULTS.ground_metric, choices=GROUND_METRICS)
@@ -82,6 +84,12 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-repair", dest="repair", action="store_false", help="skip statistics repair")
     parser.add_argument("--no-bn-reset", dest="bn_reset", action="store_false",
                         help="keep the transported BatchNorm statistics")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    parser.add_argument("--device", default=DEFAULTS.device, choices=DEVICES)
+
+
+def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
+    _add_method_options(parser)
     parser.add_argument("--finetune-epochs", type=int, default=DEFAULTS.finetune_epochs)
     parser.add_argument("--finetune-lr", type=float, default=DEFAULTS.finetune_lr)
     parser.add_argument("--optimizer", default=DEFAULTS.optimizer, choices=OPTIMIZERS)
@@ -90,8 +98,6 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distill-temperature", type=float, default=DEFAULTS.distill_temperature)
     parser.add_argument("--finetune-parents", action="store_true",
                         help="also finetune the parents for the same epochs (the fair baseline)")
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    parser.add_argument("--device", default=DEFAULTS.device, choices=DEVICES)
     parser.add_argument("--json", dest="json_path", default=None, help="write result.json here")
     parser.add_argument("--out", default=None, help="write the fused model (safetensors) here")
 
@@ -134,7 +140,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pair", default=DEFAULT_PAIR, choices=sorted(DEMO_PAIRS))
     _add_alignment_options(demo)
     _add_fusion_options(demo)
+    _add_comparison_commands(commands, demo)
     return parser
+
+
+def _add_barrier_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--points", type=int, default=DEFAULT_POINTS, help="values of t from 0 to 1 (default 11)")
+    parser.add_argument("--methods", type=_names, default=None,
+                        help=f"comma-separated fusion methods to draw paths for (default: all of {sorted(METHODS)})")
+
+
+def _add_comparison_commands(commands, demo: argparse.ArgumentParser) -> None:
+    """``barrier`` and the demo's ``--barrier``."""
+    barrier = commands.add_parser("barrier", help="loss and accuracy along straight paths between two models "
+                                                  "(naive, aligned, aligned + repair) and their barrier heights")
+    _add_model_arguments(barrier)
+    _add_data_options(barrier)
+    _add_alignment_options(barrier)
+    _add_method_options(barrier)
+    _add_barrier_options(barrier)
+    barrier.add_argument("--json", dest="json_path", default=None, help="write barrier.json here")
+    demo.add_argument("--barrier", action="store_true", help="draw the loss barrier of the pair instead of fusing")
+    _add_barrier_options(demo)
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _config(args: argparse.Namespace, **overrides) -> FusionConfig:
@@ -221,10 +252,31 @@ def cmd_demo(args: argparse.Namespace) -> None:
     bar, update = _progress_bar(f"demo pair '{pair.key}' (trained once, then cached)")
     model_a, model_b = load_demo_pair(pair.key, progress=update)
     bar.close()
+    if args.barrier:
+        _barrier_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
+        return
     _fuse_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
 
 
-COMMANDS = {"train": cmd_train, "align": cmd_align, "fuse": cmd_fuse, "demo": cmd_demo}
+def _barrier_and_report(model_a, model_b, splits, config: FusionConfig, args: argparse.Namespace) -> None:
+    for name in args.methods or ():
+        get_method(name)
+    bar, update = _progress_bar("loss barrier")
+    result = barrier_curves(model_a, model_b, splits, config, args.points, methods=args.methods, progress=update)
+    bar.close()
+    _write_json(args.json_path, result.to_json())
+    if args.json_path:
+        rows = [f"{curve.title:>40}: {curve.height:8.4f}   (accuracy drop {100 * curve.accuracy_drop:5.2f} pp)"
+                for curve in result.curves.values()]
+        print("\n".join(["barrier height (test loss)", *rows]))
+
+
+def cmd_barrier(args: argparse.Namespace) -> None:
+    splits = load_dataset(args.dataset, args.data_root)
+    _barrier_and_report(*_load_models(args, splits.info), splits, _config(args), args)
+
+
+COMMANDS = {"train": cmd_train, "align": cmd_align, "fuse": cmd_fuse, "demo": cmd_demo, "barrier": cmd_barrier}
 
 
 def main(argv: list[str] | None = None) -> int:
