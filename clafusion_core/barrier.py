@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .baselines import vanilla_average
+from .baselines import same_shapes, vanilla_average
 from .data import DataSplits
 from .devices import resolve_device
 from .errors import FusionError
@@ -195,7 +195,7 @@ def barrier_curves(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, c
 
     originals = _on_device([pair.model_a, pair.model_b], device)
     paths, skipped = [], {}
-    if vanilla_average(*originals) is not None:
+    if same_shapes(*originals):
         paths.append(StraightPath(NAIVE, "naive (no alignment)", lambda t: vanilla_average(*originals, t)))
     else:
         skipped[NAIVE] = "The parents differ in shape, so their raw parameters cannot be averaged."

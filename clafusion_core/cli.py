@@ -22,15 +22,17 @@ from .balancing import BALANCE_METHODS
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import DATASETS, load_dataset
 from .devices import DEVICES
-from .errors import FusionError
+from .errors import AlignmentError, FusionError
+from .many import fuse_many, normalised_weights
 from .models import build_model
 from .methods import METHODS, get_method
 from .otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, INPUT_SCALINGS, MARGINALS, SOLVERS
 from .pipeline import INSERTED_WEIGHTS, FusionConfig, compute_activations, compute_alignment, describe_model, order_pair, \
     probe_inputs, run_fusion
+from .runconfig import with_settings
 from .similarity import METRICS
 from .train import OPTIMIZERS, TrainConfig, evaluate, train_model
-from .zoo import DEFAULT_PAIR, DEMO_PAIRS, load_demo_pair
+from .zoo import DEFAULT_PAIR, DEMO_PAIRS, DEMO_SETS, load_demo_pair, load_demo_set
 
 DEFAULTS = FusionConfig()
 
@@ -130,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_alignment_options(align)
     align.add_argument("--json", dest="json_path", default=None)
 
-    fuse = commands.add_parser("fuse", help="align, balance, fuse, evaluate (and finetune) two models")
-    _add_model_arguments(fuse)
+    fuse = commands.add_parser("fuse", help="align, balance, fuse, evaluate (and finetune) two or more models")
+    _add_many_model_arguments(fuse)
     _add_data_options(fuse)
     _add_alignment_options(fuse)
     _add_fusion_options(fuse)
@@ -151,7 +153,7 @@ def _add_barrier_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_comparison_commands(commands, demo: argparse.ArgumentParser) -> None:
-    """``barrier`` and the demo's ``--barrier``."""
+    """``barrier``, and the demo's ``--barrier``, ``--set`` and many-model options."""
     barrier = commands.add_parser("barrier", help="loss and accuracy along straight paths between two models "
                                                   "(naive, aligned, aligned + repair) and their barrier heights")
     _add_model_arguments(barrier)
@@ -162,6 +164,31 @@ def _add_comparison_commands(commands, demo: argparse.ArgumentParser) -> None:
     barrier.add_argument("--json", dest="json_path", default=None, help="write barrier.json here")
     demo.add_argument("--barrier", action="store_true", help="draw the loss barrier of the pair instead of fusing")
     _add_barrier_options(demo)
+    demo.add_argument("--set", default=None, choices=sorted(DEMO_SETS),
+                      help="fuse a demo set of three models instead of the pair")
+    _add_many_options(demo)
+
+
+def _add_many_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="two or more checkpoints (.safetensors, .pt, .pth)")
+    parser.add_argument("--arch-a", default=None, help="arch spec of the first model when the checkpoint does not say")
+    parser.add_argument("--arch-b", default=None, help="arch spec of the second model when the checkpoint does not say")
+    _add_many_options(parser)
+
+
+def _add_many_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", type=_floats, default=None,
+                        help="comma-separated share of each model (normalised; default equal)")
+    parser.add_argument("--reference", type=int, default=None,
+                        help="index (from 0) of the target model whose neurons the others are aligned onto "
+                             "(default: the first, or the deepest for different depths)")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(value) for value in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 1,1,2 (got {text!r})") from None
 
 
 def _names(text: str) -> list[str]:
@@ -175,9 +202,11 @@ def _config(args: argparse.Namespace, **overrides) -> FusionConfig:
 
 
 def _load_models(args: argparse.Namespace, info) -> tuple:
+    paths = getattr(args, "models", None) or (args.model_a, args.model_b)
+    archs = [args.arch_a, args.arch_b] + [None] * (len(paths) - 2)
     return tuple(load_checkpoint(path, arch=arch, input_shape=info.input_shape, num_classes=info.num_classes,
                                  dataset=info.name, name=Path(path).name)[0]
-                 for path, arch in ((args.model_a, args.arch_a), (args.model_b, args.arch_b)))
+                 for path, arch in zip(paths, archs))
 
 
 def _write_json(path: str | None, payload: dict) -> None:
@@ -242,11 +271,17 @@ def _fuse_and_report(model_a, model_b, splits, config: FusionConfig, args: argpa
 def cmd_fuse(args: argparse.Namespace) -> None:
     config = _config(args)
     splits = load_dataset(args.dataset, args.data_root)
-    model_a, model_b = _load_models(args, splits.info)
-    _fuse_and_report(model_a, model_b, splits, config, args)
+    _fuse_any_and_report(_load_models(args, splits.info), splits, config, args)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    if args.set:
+        demo = DEMO_SETS[args.set]
+        bar, update = _progress_bar(f"demo set '{demo.key}' (trained once, then cached)")
+        models = load_demo_set(demo.key, progress=update)
+        bar.close()
+        _fuse_any_and_report(models, load_dataset(demo.dataset), _config(args, dataset=demo.dataset), args)
+        return
     pair = DEMO_PAIRS[args.pair]
     config = _config(args, dataset=pair.dataset)
     bar, update = _progress_bar(f"demo pair '{pair.key}' (trained once, then cached)")
@@ -255,7 +290,34 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if args.barrier:
         _barrier_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
         return
-    _fuse_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
+    _fuse_any_and_report((model_a, model_b), load_dataset(pair.dataset), config, args)
+
+
+def _fuse_any_and_report(models, splits, config: FusionConfig, args: argparse.Namespace) -> None:
+    """Two models without ``--reference``: the pairwise fusion (``--weights`` become s); else :func:`fuse_many`."""
+    if len(models) < 2:
+        raise AlignmentError("Give at least two checkpoints to fuse.")
+    if len(models) == 2 and args.reference is None:
+        if args.weights is not None:
+            weights = normalised_weights(args.weights, 2)
+            swapped = order_pair(*models)[2]   # s is the share of the shallower model (B once ordered)
+            config = with_settings(config, fusion_weight=weights[0] if swapped else weights[1])
+        _fuse_and_report(*models, splits, config, args)
+        return
+    bar, update = _progress_bar(f"fusing {len(models)} models")
+    result = fuse_many(models, splits, config, reference=args.reference, weights=args.weights, progress=update)
+    bar.close()
+    if args.out:
+        save_checkpoint(result.fused_finetuned or result.fused.model, args.out, dataset=config.dataset)
+        print(f"wrote {args.out}", file=sys.stderr)
+    _write_json(args.json_path, result.to_json())
+    if args.json_path:
+        accuracy = result.accuracy
+        rows = [f"{f'model {k}' + (' (target)' if k == result.reference else ''):>18}: {a * 100:6.2f} %"
+                for k, a in enumerate(accuracy["parents"])]
+        rows += [f"{name:>18}: {accuracy[name] * 100:6.2f} %" for name in ("ensemble", "vanilla", "fused_plain", "fused",
+                                                                           "fused_finetuned") if accuracy[name] is not None]
+        print("\n".join(["test accuracy", *rows]))
 
 
 def _barrier_and_report(model_a, model_b, splits, config: FusionConfig, args: argparse.Namespace) -> None:
