@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .activations import CONV_MODES
 from .barrier import DEFAULT_POINTS, barrier_curves
+from .compare import DEFAULT_FINETUNE_EPOCHS, compare_methods, comparison_table, metric_downstream, metric_table
 from .balancing import BALANCE_METHODS
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import DATASETS, load_dataset
@@ -92,6 +93,12 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     _add_method_options(parser)
+    _add_finetune_options(parser)
+    parser.add_argument("--json", dest="json_path", default=None, help="write result.json here")
+    parser.add_argument("--out", default=None, help="write the fused model (safetensors) here")
+
+
+def _add_finetune_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=DEFAULTS.finetune_epochs)
     parser.add_argument("--finetune-lr", type=float, default=DEFAULTS.finetune_lr)
     parser.add_argument("--optimizer", default=DEFAULTS.optimizer, choices=OPTIMIZERS)
@@ -100,8 +107,6 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distill-temperature", type=float, default=DEFAULTS.distill_temperature)
     parser.add_argument("--finetune-parents", action="store_true",
                         help="also finetune the parents for the same epochs (the fair baseline)")
-    parser.add_argument("--json", dest="json_path", default=None, help="write result.json here")
-    parser.add_argument("--out", default=None, help="write the fused model (safetensors) here")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,7 +158,7 @@ def _add_barrier_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_comparison_commands(commands, demo: argparse.ArgumentParser) -> None:
-    """``barrier``, and the demo's ``--barrier``, ``--set`` and many-model options."""
+    """``barrier`` and ``compare``, and the demo's ``--barrier``, ``--compare``, ``--set`` and many-model options."""
     barrier = commands.add_parser("barrier", help="loss and accuracy along straight paths between two models "
                                                   "(naive, aligned, aligned + repair) and their barrier heights")
     _add_model_arguments(barrier)
@@ -164,6 +169,19 @@ def _add_comparison_commands(commands, demo: argparse.ArgumentParser) -> None:
     barrier.add_argument("--json", dest="json_path", default=None, help="write barrier.json here")
     demo.add_argument("--barrier", action="store_true", help="draw the loss barrier of the pair instead of fusing")
     _add_barrier_options(demo)
+    compare = commands.add_parser("compare", help="every fusion method on one pair: one-shot and finetuned "
+                                                  "accuracy, time, barrier heights; each cost metric's fused accuracy")
+    _add_model_arguments(compare)
+    _add_data_options(compare)
+    _add_alignment_options(compare)
+    _add_method_options(compare)
+    _add_finetune_options(compare)
+    compare.set_defaults(finetune_epochs=DEFAULT_FINETUNE_EPOCHS)
+    _add_barrier_options(compare)
+    compare.add_argument("--json", dest="json_path", default=None, help="write compare.json here")
+    demo.add_argument("--compare", type=int, nargs="?", const=DEFAULT_FINETUNE_EPOCHS, default=None, metavar="EPOCHS",
+                      help="compare every fusion method on the pair instead, finetuning each fused model EPOCHS "
+                           f"epochs (default {DEFAULT_FINETUNE_EPOCHS})")
     demo.add_argument("--set", default=None, choices=sorted(DEMO_SETS),
                       help="fuse a demo set of three models instead of the pair")
     _add_many_options(demo)
@@ -290,6 +308,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if args.barrier:
         _barrier_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
         return
+    if args.compare is not None:
+        config = with_settings(config, finetune_epochs=args.compare)
+        _compare_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
+        return
     _fuse_any_and_report((model_a, model_b), load_dataset(pair.dataset), config, args)
 
 
@@ -333,12 +355,30 @@ def _barrier_and_report(model_a, model_b, splits, config: FusionConfig, args: ar
         print("\n".join(["barrier height (test loss)", *rows]))
 
 
+def _compare_and_report(model_a, model_b, splits, config: FusionConfig, args: argparse.Namespace) -> None:
+    bar, update = _progress_bar("comparing methods")
+    comparison = compare_methods(model_a, model_b, splits, config, config.finetune_epochs, args.points,
+                                 progress=lambda f, m: update(0.8 * f, m))
+    metrics = metric_downstream(model_a, model_b, splits, config, progress=lambda f, m: update(0.8 + 0.2 * f, m))
+    bar.close()
+    _write_json(args.json_path, {**comparison.to_json(), "metrics": [row.to_json() for row in metrics]})
+    if args.json_path:
+        print(comparison_table(comparison))
+        print(metric_table(metrics))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    splits = load_dataset(args.dataset, args.data_root)
+    _compare_and_report(*_load_models(args, splits.info), splits, _config(args), args)
+
+
 def cmd_barrier(args: argparse.Namespace) -> None:
     splits = load_dataset(args.dataset, args.data_root)
     _barrier_and_report(*_load_models(args, splits.info), splits, _config(args), args)
 
 
-COMMANDS = {"train": cmd_train, "align": cmd_align, "fuse": cmd_fuse, "demo": cmd_demo, "barrier": cmd_barrier}
+COMMANDS = {"train": cmd_train, "align": cmd_align, "fuse": cmd_fuse, "demo": cmd_demo, "barrier": cmd_barrier,
+            "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,3 +78,22 @@ def test_fuse_user_errors_exit_2(same_shape_files, capsys, count, extra, message
         code = exit_.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_compare_writes_the_method_table_and_the_metric_view(same_shape_files, tmp_path, capsys):
+    out = tmp_path / "compare.json"
+    assert main(["compare", *same_shape_files, "--finetune-epochs", "1", "--points", "3", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    keys = [row["key"] for row in payload["rows"]]
+    assert keys[:4] == ["model_a", "model_b", "ensemble", "vanilla"] and "ot-weights" in keys
+    assert payload["finetune_epochs"] == 1 and payload["config"]["finetune_epochs"] == 1
+    assert {"naive", "ot-activations", "ot-weights"} <= set(payload["barrier_heights"])
+    assert [row["metric"] for row in payload["metrics"]][0] == "linear_cka"
+    printed = capsys.readouterr().out
+    assert "| Vanilla averaging (no alignment) |" in printed and "\\|width difference\\|" in printed
+
+
+def test_demo_compare_defaults_to_a_short_finetune(tmp_path):
+    out = tmp_path / "compare.json"
+    assert main(["demo", "--pair", "mlp-same", "--compare", "--points", "2", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["finetune_epochs"] == 2
