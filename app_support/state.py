@@ -230,7 +230,7 @@ def url_fields() -> dict[str, tuple[str, object]]:
     from clafusion_core.data import DATASETS
     from clafusion_core.devices import DEVICES
     from clafusion_core.methods import METHODS
-    from clafusion_core.otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, SOLVERS
+    from clafusion_core import otfusion
     from clafusion_core.pipeline import INSERTED_WEIGHTS
     from clafusion_core.similarity import METRICS
 
@@ -241,9 +241,9 @@ def url_fields() -> dict[str, tuple[str, object]]:
         "cost": (COST, tuple(METRICS)), "probe": (PROBE_SIZE, tuple(PROBE_SIZES)), "act": (ACTIVATION, ("post", "pre")),
         "conv": (CONV_FEATURES, tuple(CONV_MODES)), "pin_first": (PIN_FIRST, bool), "pin_last": (PIN_LAST, bool),
         "balance": (BALANCE, tuple(BALANCE_METHODS)), "method": (METHOD, tuple(METHODS)),
-        "ground": (GROUND_METRIC, tuple(GROUND_METRICS)), "ground_act": (GROUND_ACTIVATION, tuple(GROUND_ACTIVATIONS)),
-        "ground_conv": (GROUND_CONV_FEATURES, tuple(GROUND_CONV_FEATURES)),
-        "inserted": (INSERTED_WEIGHT, tuple(INSERTED_WEIGHTS)), "solver": (SOLVER, tuple(SOLVERS)),
+        "ground": (GROUND_METRIC, otfusion.GROUND_METRICS), "ground_act": (GROUND_ACTIVATION, otfusion.GROUND_ACTIVATIONS),
+        "ground_conv": (GROUND_CONV_FEATURES, otfusion.GROUND_CONV_FEATURES),
+        "inserted": (INSERTED_WEIGHT, tuple(INSERTED_WEIGHTS)), "solver": (SOLVER, otfusion.SOLVERS),
         "reg": (SINKHORN_REG, float), "s": (FUSION_WEIGHT, float), "repair": (REPAIR, bool),
         "bn_reset": (BN_RESET, bool), "device": (DEVICE, tuple(DEVICES)),
         "points": (CMP_POINTS, int), "cmp_epochs": (CMP_EPOCHS, int),
@@ -330,3 +330,17 @@ def sync_url() -> None:
     params = url_state()
     if st.query_params.to_dict() != params:
         st.query_params.from_dict(params)
+
+
+# ----------------------------------------------------------------------------------- Compare page results
+CMP_RESULTS = "cmp_results"        # plain key: {section: (what determined it, the result)}
+
+
+def compare_result(section: str, determinant: tuple):
+    """The Compare page's last result of ``section`` if it was computed for ``determinant``, else None."""
+    stored = st.session_state.get(CMP_RESULTS, {}).get(section)
+    return stored[1] if stored is not None and stored[0] == determinant else None
+
+
+def store_compare_result(section: str, determinant: tuple, value) -> None:
+    st.session_state.setdefault(CMP_RESULTS, {})[section] = (determinant, value)

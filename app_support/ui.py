@@ -35,6 +35,10 @@ def setup_page(title: str) -> None:
                        initial_sidebar_state="expanded")
     state.init()
     state.sync_url()
+    ignored = st.session_state.pop(state.URL_IGNORED, None)
+    if ignored:
+        st.warning(f"This link's {', '.join(ignored)} could not be used, so the defaults stand in for "
+                   f"{'it' if len(ignored) == 1 else 'them'}.", icon=":material/link_off:")
     with st.sidebar:
         st.markdown("### CLAFusion Explorer")
         for path, label, icon in PAGES:

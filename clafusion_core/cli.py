@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from .activations import CONV_MODES
 from .barrier import DEFAULT_POINTS, barrier_curves
-from .compare import DEFAULT_FINETUNE_EPOCHS, compare_methods, comparison_table, metric_downstream, metric_table
+from .compare import DEFAULT_FINETUNE_EPOCHS, compare_methods, comparison_records, markdown_table, metric_downstream, \
+    metric_records
 from .balancing import BALANCE_METHODS
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import DATASETS, load_dataset
@@ -363,8 +364,8 @@ def _compare_and_report(model_a, model_b, splits, config: FusionConfig, args: ar
     bar.close()
     _write_json(args.json_path, {**comparison.to_json(), "metrics": [row.to_json() for row in metrics]})
     if args.json_path:
-        print(comparison_table(comparison))
-        print(metric_table(metrics))
+        print(markdown_table(comparison_records(comparison)))
+        print(markdown_table(metric_records(metrics)))
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

@@ -210,32 +210,33 @@ def metric_downstream(model_a: nn.Module, model_b: nn.Module, splits: DataSplits
             for metric, a in alignments.items()]
 
 
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
+def _percent(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 2)
 
 
-def _number(value: float | None, digits: int = 4) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+def _rounded(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
 
 
-def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell."""
-    return text.replace("|", "\\|")
+def comparison_records(comparison: Comparison) -> list[dict]:
+    """One display row per method (accuracy in %, seconds, loss barriers; None where it does not apply)."""
+    tuned = f"after {comparison.finetune_epochs} epochs %"
+    return [{"method": r.title, "one-shot %": _percent(r.one_shot), tuned: _percent(r.finetuned),
+             "one-shot s": _rounded(r.seconds, 2), "finetune s": _rounded(r.finetune_seconds, 2),
+             "barrier": _rounded(r.barrier), "barrier + repair": _rounded(r.barrier_repaired)} for r in comparison.rows]
 
 
-def comparison_table(comparison: Comparison) -> str:
-    """The comparison as a Markdown table (test accuracy %, seconds, loss barriers)."""
-    epochs = comparison.finetune_epochs
-    lines = [f"| method | one-shot % | after {epochs} epochs % | one-shot s | finetune s | barrier | barrier + repair |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r.title} | {_percent(r.one_shot)} | {_percent(r.finetuned)} | {_number(r.seconds, 2)} | "
-              f"{_number(r.finetune_seconds, 2)} | {_number(r.barrier)} | {_number(r.barrier_repaired)} |"
-              for r in comparison.rows]
-    return "\n".join(lines)
+def metric_records(rows: list[MetricRow]) -> list[dict]:
+    """One display row per cost metric: its alignment and the fused accuracy it leads to."""
+    return [{"cost metric": r.label, "alignment (B unit → A unit)": str(r.alignment), "fused one-shot %": _percent(r.fused),
+             "same alignment as": ", ".join(r.same_as)} for r in rows]
 
 
-def metric_table(rows: list[MetricRow]) -> str:
-    """What each cost metric's alignment fuses to, as a Markdown table."""
-    lines = ["| cost metric | alignment (B unit → A unit) | fused one-shot % |", "|---|---|---|"]
-    lines += [f"| {_cell(r.label)} | {r.alignment} | {_percent(r.fused)} |" for r in rows]
-    return "\n".join(lines)
+def markdown_table(records: list[dict]) -> str:
+    """Records as a Markdown table ("–" where a value does not apply)."""
+    def cell(value) -> str:
+        return "–" if value in (None, "") else str(value).replace("|", "\\|")
+
+    header = list(records[0]) if records else []
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(r[k]) for k in header) + " |" for r in records])
