@@ -67,7 +67,9 @@ if st.button("Draw the loss barrier", type="primary", icon=":material/show_chart
 
     def draw(path: str, t: float, loss: float, accuracy: float) -> None:
         ts, losses, accuracies = drawn.setdefault(path, ([], [], []))
-        ts.append(t), losses.append(loss), accuracies.append(accuracy)
+        ts.append(t)
+        losses.append(loss)
+        accuracies.append(accuracy)
         live.plotly_chart(plots.barrier_plot(drawn), width="stretch", theme=None)
 
     with ui.user_errors():
@@ -75,7 +77,8 @@ if st.button("Draw the loss barrier", type="primary", icon=":material/show_chart
         result = barrier.barrier_curves(model_a, model_b, splits, config, points, progress=ui.progress_callback(bar),
                                         on_point=draw)
         state.store_compare_result("barrier", (*key, points), result)
-    bar.empty(), live.empty()
+    bar.empty()
+    live.empty()
 curves = state.compare_result("barrier", (*key, points))
 if curves is None:
     st.caption("Press the button: the curves draw point by point (about a second on the demo MLPs).")
@@ -104,7 +107,8 @@ if st.button("Compare the methods", type="primary", icon=":material/table_chart:
         comparison = compare.compare_methods(model_a, model_b, splits, config, epochs, points,
                                              progress=ui.progress_callback(bar), on_row=fill)
         state.store_compare_result("methods", (*key, points, epochs), comparison)
-    bar.empty(), live.empty()
+    bar.empty()
+    live.empty()
 comparison = state.compare_result("methods", (*key, points, epochs))
 if comparison is None:
     st.caption("Press the button to fuse the pair with every method (seconds on the demo MLPs, plus the finetunes).")

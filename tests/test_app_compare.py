@@ -28,6 +28,7 @@ def fresh(query: dict[str, str] | None = None) -> AppTest:
 def assert_clean(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
+    assert not at.get("help"), "a bare expression was written to the page by Streamlit's magic"
 
 
 def click(at: AppTest, label: str) -> AppTest:
