@@ -22,7 +22,6 @@ has its BatchNorm statistics recomputed when the config resets them (as the fusi
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from torch.utils.data import TensorDataset
 
 from .baselines import same_shapes, vanilla_average
 from .data import DataSplits
-from .devices import resolve_device
+from .devices import placed_on, resolve_device
 from .errors import FusionError
 from .methods import METHODS, FusionBatch, FusionOutput
 from .otfusion import weighted_average
@@ -167,11 +166,6 @@ def interpolation_curve(path: StraightPath, ts: Sequence[float], splits: DataSpl
     return curve
 
 
-def _on_device(models: Sequence[nn.Module], device: torch.device) -> list[nn.Module]:
-    """The models themselves where they already live on ``device``, else copies moved there."""
-    return [m if next(m.parameters()).device == device else copy.deepcopy(m).to(device) for m in models]
-
-
 def barrier_curves(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, config: FusionConfig = FusionConfig(),
                    points: int = DEFAULT_POINTS, *, methods: Sequence[str] | None = None,
                    progress: Progress | None = None, on_point: PointCallback | None = None) -> BarrierResult:
@@ -189,11 +183,11 @@ def barrier_curves(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, c
     start = time.perf_counter()
     batch = fusion_batch(splits, config)
     pair = align_and_balance(model_a, model_b, batch, config)
-    parents = _on_device([pair.balanced.model_a, pair.balanced.model_b], device)
+    parents = placed_on([pair.balanced.model_a, pair.balanced.model_b], device)
     batch = batch.to(device)
     timings["alignment_and_balancing"] = time.perf_counter() - start
 
-    originals = _on_device([pair.model_a, pair.model_b], device)
+    originals = placed_on([pair.model_a, pair.model_b], device)
     paths, skipped = [], {}
     if same_shapes(*originals):
         paths.append(StraightPath(NAIVE, "naive (no alignment)", lambda t: vanilla_average(*originals, t)))

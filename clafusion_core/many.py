@@ -15,17 +15,15 @@ its weight (for two models: the deeper model's layer is kept, as in the pairwise
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from .baselines import ensemble_accuracy, same_shapes, teacher_logits
 from .data import DataSplits
-from .devices import resolve_device
+from .devices import placed_on, resolve_device
 from .errors import AlignmentError
 from .layers import model_view
 from .methods import FusionOutput, get_method
@@ -121,10 +119,6 @@ def spread_layer_weights(pairs: Sequence[BalancedPair | None], weights: list[flo
     return spread
 
 
-def _copies_on(models: Sequence[nn.Module], device: torch.device) -> list[nn.Module]:
-    return [m if next(m.parameters()).device == device else copy.deepcopy(m).to(device) for m in models]
-
-
 def fuse_many(models: Sequence[nn.Module], splits: DataSplits, config: FusionConfig = FusionConfig(),
               reference: int | None = None, weights: Sequence[float] | None = None,
               progress: Progress | None = None) -> ManyResult:
@@ -149,7 +143,7 @@ def fuse_many(models: Sequence[nn.Module], splits: DataSplits, config: FusionCon
     for index, model in enumerate(models):
         report(0.3 * index / len(models), f"aligning model {index} with the target")
         pairs.append(None if index == reference else align_and_balance(target, model, batch, config, activations))
-    parents = _copies_on([target if p is None else _balanced_onto(p) for p in pairs], device)
+    parents = placed_on([target if p is None else _balanced_onto(p) for p in pairs], device)
     layer_weights = spread_layer_weights(pairs, weights, config.inserted_weight)
     timings["alignment_and_balancing"] = time.perf_counter() - start
 
@@ -162,7 +156,7 @@ def fuse_many(models: Sequence[nn.Module], splits: DataSplits, config: FusionCon
 
     report(0.5, "evaluation")
     start = time.perf_counter()
-    originals = _copies_on(models, device)
+    originals = placed_on(models, device)
     vanilla = None
     if same_shapes(*originals):
         vanilla = weighted_average(originals, weights)
