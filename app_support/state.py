@@ -15,7 +15,7 @@ Pages read the choices through the functions below (``choice()``, ``alignment_co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import streamlit as st
 
@@ -207,3 +207,140 @@ def result(pair: PairChoice) -> FusionResult | None:
 
 def store_result(pair: PairChoice, fusion: FusionResult) -> None:
     st.session_state[RESULT] = (pair.id, fusion)
+
+
+
+# ------------------------------------------------------------------------- shareable URL (query string)
+# The settings that determine a result are written to the URL's query string on every run and read
+# back when a session starts, so a link reproduces a setup. Only values that differ from the defaults
+# are written (short links). Uploaded checkpoints cannot travel in a URL; demo pairs and local paths do.
+URL_RESTORED = "url_restored"      # plain key: this session's URL has been read
+URL_IGNORED = "url_ignored"        # plain key: query-string entries that could not be used
+CMP_POINTS = "cmp_points"          # Compare page: points per barrier curve
+CMP_EPOCHS = "cmp_epochs"          # Compare page: the short finetune every method gets
+CMP_SET = "cmp_set"                # Compare page: the demo set for many-model fusion
+COMPARE_DEFAULTS: dict[str, object] = {CMP_POINTS: 11, CMP_EPOCHS: 2, CMP_SET: next(iter(zoo.DEMO_SETS))}
+MATCH = "match"                    # query-string name of the what-if matching: stages "_", units "-"
+
+
+def url_fields() -> dict[str, tuple[str, object]]:
+    """Query-string name → (session key, the allowed values or the type the text parses to)."""
+    from clafusion_core.activations import CONV_MODES
+    from clafusion_core.balancing import BALANCE_METHODS
+    from clafusion_core.data import DATASETS
+    from clafusion_core.devices import DEVICES
+    from clafusion_core.methods import METHODS
+    from clafusion_core import otfusion
+    from clafusion_core.pipeline import INSERTED_WEIGHTS
+    from clafusion_core.similarity import METRICS
+
+    return {
+        "src": (SOURCE_KIND, ("demo", "paths")), "pair": (DEMO_KEY, tuple(zoo.DEMO_PAIRS)),
+        "a": (PATH_A, str), "b": (PATH_B, str), "arch_a": (ARCH_A, str), "arch_b": (ARCH_B, str),
+        "dataset": (DATASET, tuple(DATASETS)), "root": (DATA_ROOT, str),
+        "cost": (COST, tuple(METRICS)), "probe": (PROBE_SIZE, tuple(PROBE_SIZES)), "act": (ACTIVATION, ("post", "pre")),
+        "conv": (CONV_FEATURES, tuple(CONV_MODES)), "pin_first": (PIN_FIRST, bool), "pin_last": (PIN_LAST, bool),
+        "balance": (BALANCE, tuple(BALANCE_METHODS)), "method": (METHOD, tuple(METHODS)),
+        "ground": (GROUND_METRIC, otfusion.GROUND_METRICS), "ground_act": (GROUND_ACTIVATION, otfusion.GROUND_ACTIVATIONS),
+        "ground_conv": (GROUND_CONV_FEATURES, otfusion.GROUND_CONV_FEATURES),
+        "inserted": (INSERTED_WEIGHT, tuple(INSERTED_WEIGHTS)), "solver": (SOLVER, otfusion.SOLVERS),
+        "reg": (SINKHORN_REG, float), "s": (FUSION_WEIGHT, float), "repair": (REPAIR, bool),
+        "bn_reset": (BN_RESET, bool), "device": (DEVICE, tuple(DEVICES)),
+        "points": (CMP_POINTS, int), "cmp_epochs": (CMP_EPOCHS, int),
+    }
+
+
+def _encode(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return "auto" if value is None else str(value)
+
+
+def _decode(text: str, kind: object) -> object:
+    """The value ``text`` stands for under ``kind``; ValueError when it stands for none."""
+    if isinstance(kind, tuple):
+        for value in kind:
+            if _encode(value) == text:
+                return value
+        raise ValueError(text)
+    if kind is bool:
+        if text not in ("0", "1"):
+            raise ValueError(text)
+        return text == "1"
+    return kind(text)
+
+
+def _defaults() -> dict[str, object]:
+    return {**WIDGET_DEFAULTS, **COMPARE_DEFAULTS}
+
+
+def url_state() -> dict[str, str]:
+    """The query string for the current session: every URL setting that differs from its default,
+    the pair always, and the what-if matching when there is one."""
+    defaults, params = _defaults(), {}
+    for name, (key, _) in url_fields().items():
+        value = st.session_state.get(key, defaults[key])
+        if value != defaults[key] or name in ("src", "pair"):
+            params[name] = _encode(value)
+    if st.session_state.get(SOURCE_KIND) != "paths":
+        for name in ("a", "b", "arch_a", "arch_b", "dataset", "root"):   # a demo pair brings its own dataset
+            params.pop(name, None)
+    pair = st.session_state.get(PAIR)
+    matching = override(pair) if pair is not None else None
+    if matching is not None:
+        params[MATCH] = "_".join("-".join(str(a) for a in stage) for stage in matching)
+    return params
+
+
+def restore_url_state(params: dict[str, str]) -> list[str]:
+    """Set the session from a query string (before any widget is drawn); returns the entries ignored."""
+    fields, ignored = url_fields(), []
+    for name, text in params.items():
+        if name not in fields:
+            if name != MATCH:
+                ignored.append(name)
+            continue
+        key, kind = fields[name]
+        try:
+            st.session_state[key] = _decode(text, kind)
+        except ValueError:
+            ignored.append(name)
+    if st.session_state[SOURCE_KIND] == "demo" and "pair" in params and "pair" not in ignored:
+        set_choice(demo_choice(st.session_state[DEMO_KEY]))
+        if MATCH in params:
+            try:
+                stages = [[int(a) for a in stage.split("-") if a] for stage in params[MATCH].split("_")]
+            except ValueError:
+                ignored.append(MATCH)
+            else:
+                set_override(st.session_state[PAIR], stages)
+    return ignored
+
+
+def sync_url() -> None:
+    """Read the URL once per session (a shared link), then keep it up to date on every run.
+
+    Streamlit clears the query string when the user moves to another page, so every page writes it.
+    """
+    for key, default in COMPARE_DEFAULTS.items():
+        st.session_state.setdefault(key, default)
+    if URL_RESTORED not in st.session_state:
+        st.session_state[URL_RESTORED] = True
+        st.session_state[URL_IGNORED] = restore_url_state(st.query_params.to_dict())
+    params = url_state()
+    if st.query_params.to_dict() != params:
+        st.query_params.from_dict(params)
+
+
+# ----------------------------------------------------------------------------------- Compare page results
+CMP_RESULTS = "cmp_results"        # plain key: {section: (what determined it, the result)}
+
+
+def compare_result(section: str, determinant: tuple):
+    """The Compare page's last result of ``section`` if it was computed for ``determinant``, else None."""
+    stored = st.session_state.get(CMP_RESULTS, {}).get(section)
+    return stored[1] if stored is not None and stored[0] == determinant else None
+
+
+def store_compare_result(section: str, determinant: tuple, value) -> None:
+    st.session_state.setdefault(CMP_RESULTS, {})[section] = (determinant, value)

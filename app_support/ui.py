@@ -21,17 +21,24 @@ LOG = logging.getLogger("clafusion_app")
 PAGES = [("app.py", "Home", ":material/home:"),
          ("pages/1_Alignment.py", "1 · Alignment", ":material/grid_on:"),
          ("pages/2_Fusion.py", "2 · Fusion", ":material/merge:"),
-         ("pages/3_Finetune.py", "3 · Finetune", ":material/trending_up:")]
+         ("pages/3_Finetune.py", "3 · Finetune", ":material/trending_up:"),
+         ("pages/4_Compare.py", "4 · Compare", ":material/compare_arrows:")]
 
 
 def setup_page(title: str) -> None:
     """First call of every page (and Home): page config, the session's defaults, the sidebar navigation.
 
-    Every page does this itself, so a page opened directly (a bookmark, a fresh session) works on its own.
+    Every page does this itself, so a page opened directly (a bookmark, a fresh session) works on its own;
+    a shared link's settings are read here, before any widget is drawn.
     """
     st.set_page_config(page_title=f"{title} · CLAFusion Explorer", page_icon=":material/merge:", layout="wide",
                        initial_sidebar_state="expanded")
     state.init()
+    state.sync_url()
+    ignored = st.session_state.pop(state.URL_IGNORED, None)
+    if ignored:
+        st.warning(f"This link's {', '.join(ignored)} could not be used, so the defaults stand in for "
+                   f"{'it' if len(ignored) == 1 else 'them'}.", icon=":material/link_off:")
     with st.sidebar:
         st.markdown("### CLAFusion Explorer")
         for path, label, icon in PAGES:

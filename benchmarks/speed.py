@@ -26,7 +26,6 @@ import multiprocessing
 import resource
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -11,12 +11,19 @@ from torch.utils.data import TensorDataset
 from .train import accuracy_of_logits, cached_logits, predict_logits
 
 
+def same_shapes(*models: nn.Module) -> bool:
+    """Whether the models have one arch spec and equal tensor shapes (so raw parameters can be averaged)."""
+    first = models[0].state_dict()
+    return all(str(m.spec) == str(models[0].spec) and
+               all(first[k].shape == v.shape for k, v in m.state_dict().items()) for m in models[1:])
+
+
 @torch.no_grad()
 def vanilla_average(model_a: nn.Module, model_b: nn.Module, weight_b: float = 0.5) -> nn.Module | None:
     """Parameter-wise ``(1 − s)·θ_A + s·θ_B`` without any alignment; None unless the shapes are identical."""
-    state_a, state_b = model_a.state_dict(), model_b.state_dict()
-    if str(model_a.spec) != str(model_b.spec) or any(state_a[k].shape != state_b[k].shape for k in state_b):
+    if not same_shapes(model_a, model_b):
         return None
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
     averaged = copy.deepcopy(model_b)
     averaged.load_state_dict({k: (1 - weight_b) * state_a[k] + weight_b * v if v.is_floating_point() else v
                               for k, v in state_b.items()})

@@ -1,4 +1,4 @@
-"""Command line: ``python -m clafusion_core {train,align,fuse,demo} ...``.
+"""Command line: ``python -m clafusion_core {train,align,fuse,demo,barrier} ...``.
 
 User errors (a bad file, a missing dataset, an impossible alignment) print one sentence on stderr and
 exit with status 2 — never a traceback.
@@ -16,20 +16,25 @@ import torch
 from tqdm import tqdm
 
 from .activations import CONV_MODES
+from .barrier import DEFAULT_POINTS, barrier_curves
+from .compare import DEFAULT_FINETUNE_EPOCHS, compare_methods, comparison_records, markdown_table, metric_downstream, \
+    metric_records
 from .balancing import BALANCE_METHODS
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import DATASETS, load_dataset
 from .devices import DEVICES
-from .errors import FusionError
+from .errors import AlignmentError, FusionError
+from .many import fuse_many, normalised_weights
 from .models import build_model
-from .methods import METHODS
+from .methods import METHODS, get_method
 from .otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, INPUT_SCALINGS, MARGINALS, SOLVERS
-from .config import INSERTED_WEIGHTS, FusionConfig
+from .config import INSERTED_WEIGHTS
 from .pipeline import compute_activations, compute_alignment, describe_model, order_pair, \
     probe_inputs, run_fusion
+from .config import FusionConfig
 from .similarity import METRICS
 from .train import OPTIMIZERS, TrainConfig, evaluate, train_model
-from .zoo import DEFAULT_PAIR, DEMO_PAIRS, load_demo_pair
+from .zoo import DEFAULT_PAIR, DEMO_PAIRS, DEMO_SETS, load_demo_pair, load_demo_set
 
 DEFAULTS = FusionConfig().flat()
 
@@ -63,7 +68,8 @@ def _add_alignment_options(parser: argparse.ArgumentParser) -> None:
                         help="let the last hidden layers match freely")
 
 
-def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    """Balancing, the fusion method's options, repair, BatchNorm reset, seed and device."""
     parser.add_argument("--balance", default=DEFAULTS["balance"], choices=BALANCE_METHODS)
     parser.add_argument("--method", default=DEFAULTS["method"], choices=sorted(METHODS), help="fusion method")
     parser.add_argument("--ground-metric", default=DEFAULTS["ground_metric"], choices=GROUND_METRICS)
@@ -82,6 +88,20 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-repair", dest="repair", action="store_false", help="skip statistics repair")
     parser.add_argument("--no-bn-reset", dest="bn_reset", action="store_false",
                         help="keep the transported BatchNorm statistics")
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--device", default=DEFAULTS["device"], choices=DEVICES)
+
+
+def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
+    _add_method_options(parser)
+    _add_finetune_options(parser)
+    parser.add_argument("--json", dest="json_path", default=None, help="write result.json here")
+    parser.add_argument("--out", default=None, help="write the fused model (safetensors) here")
+    parser.add_argument("--config", dest="config_path", default=None, metavar="FILE",
+                        help="run config (JSON or YAML, e.g. the 'config' of a result.json); flags typed override it")
+
+
+def _add_finetune_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=DEFAULTS["finetune_epochs"])
     parser.add_argument("--finetune-lr", type=float, default=DEFAULTS["finetune_lr"])
     parser.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=OPTIMIZERS)
@@ -90,12 +110,6 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distill-temperature", type=float, default=DEFAULTS["distill_temperature"])
     parser.add_argument("--finetune-parents", action="store_true",
                         help="also finetune the parents for the same epochs (the fair baseline)")
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    parser.add_argument("--device", default=DEFAULTS["device"], choices=DEVICES)
-    parser.add_argument("--json", dest="json_path", default=None, help="write result.json here")
-    parser.add_argument("--out", default=None, help="write the fused model (safetensors) here")
-    parser.add_argument("--config", dest="config_path", default=None, metavar="FILE",
-                        help="run config (JSON or YAML, e.g. the 'config' of a result.json); flags typed override it")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_alignment_options(align)
     align.add_argument("--json", dest="json_path", default=None)
 
-    fuse = commands.add_parser("fuse", help="align, balance, fuse, evaluate (and finetune) two models")
-    _add_model_arguments(fuse)
+    fuse = commands.add_parser("fuse", help="align, balance, fuse, evaluate (and finetune) two or more models")
+    _add_many_model_arguments(fuse)
     _add_data_options(fuse)
     _add_alignment_options(fuse)
     _add_fusion_options(fuse)
@@ -136,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pair", default=DEFAULT_PAIR, choices=sorted(DEMO_PAIRS))
     _add_alignment_options(demo)
     _add_fusion_options(demo)
+    _add_comparison_commands(commands, demo)
     return parser
 
 
@@ -143,6 +158,68 @@ def _given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]
     """The destinations of the options the user typed (so they override a ``--config`` file)."""
     typed = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
     return {action.dest for action in parser._actions if typed & set(action.option_strings)}
+
+
+def _add_barrier_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--points", type=int, default=DEFAULT_POINTS, help="values of t from 0 to 1 (default 11)")
+    parser.add_argument("--methods", type=_names, default=None,
+                        help=f"comma-separated fusion methods to draw paths for (default: all of {sorted(METHODS)})")
+
+
+def _add_comparison_commands(commands, demo: argparse.ArgumentParser) -> None:
+    """``barrier`` and ``compare``, and the demo's ``--barrier``, ``--compare``, ``--set`` and many-model options."""
+    barrier = commands.add_parser("barrier", help="loss and accuracy along straight paths between two models "
+                                                  "(naive, aligned, aligned + repair) and their barrier heights")
+    _add_model_arguments(barrier)
+    _add_data_options(barrier)
+    _add_alignment_options(barrier)
+    _add_method_options(barrier)
+    _add_barrier_options(barrier)
+    barrier.add_argument("--json", dest="json_path", default=None, help="write barrier.json here")
+    demo.add_argument("--barrier", action="store_true", help="draw the loss barrier of the pair instead of fusing")
+    _add_barrier_options(demo)
+    compare = commands.add_parser("compare", help="every fusion method on one pair: one-shot and finetuned "
+                                                  "accuracy, time, barrier heights; each cost metric's fused accuracy")
+    _add_model_arguments(compare)
+    _add_data_options(compare)
+    _add_alignment_options(compare)
+    _add_method_options(compare)
+    _add_finetune_options(compare)
+    compare.set_defaults(finetune_epochs=DEFAULT_FINETUNE_EPOCHS)
+    _add_barrier_options(compare)
+    compare.add_argument("--json", dest="json_path", default=None, help="write compare.json here")
+    demo.add_argument("--compare", type=int, nargs="?", const=DEFAULT_FINETUNE_EPOCHS, default=None, metavar="EPOCHS",
+                      help="compare every fusion method on the pair instead, finetuning each fused model EPOCHS "
+                           f"epochs (default {DEFAULT_FINETUNE_EPOCHS})")
+    demo.add_argument("--set", default=None, choices=sorted(DEMO_SETS),
+                      help="fuse a demo set of three models instead of the pair")
+    _add_many_options(demo)
+
+
+def _add_many_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="two or more checkpoints (.safetensors, .pt, .pth)")
+    parser.add_argument("--arch-a", default=None, help="arch spec of the first model when the checkpoint does not say")
+    parser.add_argument("--arch-b", default=None, help="arch spec of the second model when the checkpoint does not say")
+    _add_many_options(parser)
+
+
+def _add_many_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", type=_floats, default=None,
+                        help="comma-separated share of each model (normalised; default equal)")
+    parser.add_argument("--reference", type=int, default=None,
+                        help="index (from 0) of the target model whose neurons the others are aligned onto "
+                             "(default: the first, or the deepest for different depths)")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(value) for value in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 1,1,2 (got {text!r})") from None
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _config(args: argparse.Namespace, **overrides) -> FusionConfig:
@@ -159,9 +236,11 @@ def _config(args: argparse.Namespace, **overrides) -> FusionConfig:
 
 
 def _load_models(args: argparse.Namespace, info) -> tuple:
+    paths = getattr(args, "models", None) or (args.model_a, args.model_b)
+    archs = [args.arch_a, args.arch_b] + [None] * (len(paths) - 2)
     return tuple(load_checkpoint(path, arch=arch, input_shape=info.input_shape, num_classes=info.num_classes,
                                  dataset=info.name, name=Path(path).name)[0]
-                 for path, arch in ((args.model_a, args.arch_a), (args.model_b, args.arch_b)))
+                 for path, arch in zip(paths, archs))
 
 
 def _write_json(path: str | None, payload: dict) -> None:
@@ -226,20 +305,96 @@ def _fuse_and_report(model_a, model_b, splits, config: FusionConfig, args: argpa
 def cmd_fuse(args: argparse.Namespace) -> None:
     config = _config(args)
     splits = load_dataset(args.dataset, args.data_root)
-    model_a, model_b = _load_models(args, splits.info)
-    _fuse_and_report(model_a, model_b, splits, config, args)
+    _fuse_any_and_report(_load_models(args, splits.info), splits, config, args)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    if args.set:
+        demo = DEMO_SETS[args.set]
+        bar, update = _progress_bar(f"demo set '{demo.key}' (trained once, then cached)")
+        models = load_demo_set(demo.key, progress=update)
+        bar.close()
+        _fuse_any_and_report(models, load_dataset(demo.dataset), _config(args, dataset=demo.dataset), args)
+        return
     pair = DEMO_PAIRS[args.pair]
     config = _config(args, dataset=pair.dataset)
     bar, update = _progress_bar(f"demo pair '{pair.key}' (trained once, then cached)")
     model_a, model_b = load_demo_pair(pair.key, progress=update)
     bar.close()
-    _fuse_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
+    if args.barrier:
+        _barrier_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
+        return
+    if args.compare is not None:
+        config = config.replace(finetune_epochs=args.compare)
+        _compare_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
+        return
+    _fuse_any_and_report((model_a, model_b), load_dataset(pair.dataset), config, args)
 
 
-COMMANDS = {"train": cmd_train, "align": cmd_align, "fuse": cmd_fuse, "demo": cmd_demo}
+def _fuse_any_and_report(models, splits, config: FusionConfig, args: argparse.Namespace) -> None:
+    """Two models without ``--reference``: the pairwise fusion (``--weights`` become s); else :func:`fuse_many`."""
+    if len(models) < 2:
+        raise AlignmentError("Give at least two checkpoints to fuse.")
+    if len(models) == 2 and args.reference is None:
+        if args.weights is not None:
+            weights = normalised_weights(args.weights, 2)
+            swapped = order_pair(*models)[2]   # s is the share of the shallower model (B once ordered)
+            config = config.replace(fusion_weight=weights[0] if swapped else weights[1])
+        _fuse_and_report(*models, splits, config, args)
+        return
+    bar, update = _progress_bar(f"fusing {len(models)} models")
+    result = fuse_many(models, splits, config, reference=args.reference, weights=args.weights, progress=update)
+    bar.close()
+    if args.out:
+        save_checkpoint(result.fused_finetuned or result.fused.model, args.out, dataset=config.probe.dataset)
+        print(f"wrote {args.out}", file=sys.stderr)
+    _write_json(args.json_path, result.to_json())
+    if args.json_path:
+        accuracy = result.accuracy
+        rows = [f"{f'model {k}' + (' (target)' if k == result.reference else ''):>18}: {a * 100:6.2f} %"
+                for k, a in enumerate(accuracy["parents"])]
+        rows += [f"{name:>18}: {accuracy[name] * 100:6.2f} %" for name in ("ensemble", "vanilla", "fused_plain", "fused",
+                                                                           "fused_finetuned") if accuracy[name] is not None]
+        print("\n".join(["test accuracy", *rows]))
+
+
+def _barrier_and_report(model_a, model_b, splits, config: FusionConfig, args: argparse.Namespace) -> None:
+    for name in args.methods or ():
+        get_method(name)
+    bar, update = _progress_bar("loss barrier")
+    result = barrier_curves(model_a, model_b, splits, config, args.points, methods=args.methods, progress=update)
+    bar.close()
+    _write_json(args.json_path, result.to_json())
+    if args.json_path:
+        rows = [f"{curve.title:>40}: {curve.height:8.4f}   (accuracy drop {100 * curve.accuracy_drop:5.2f} pp)"
+                for curve in result.curves.values()]
+        print("\n".join(["barrier height (test loss)", *rows]))
+
+
+def _compare_and_report(model_a, model_b, splits, config: FusionConfig, args: argparse.Namespace) -> None:
+    bar, update = _progress_bar("comparing methods")
+    comparison = compare_methods(model_a, model_b, splits, config, config.finetune.epochs, args.points,
+                                 progress=lambda f, m: update(0.8 * f, m))
+    metrics = metric_downstream(model_a, model_b, splits, config, progress=lambda f, m: update(0.8 + 0.2 * f, m))
+    bar.close()
+    _write_json(args.json_path, {**comparison.to_json(), "metrics": [row.to_json() for row in metrics]})
+    if args.json_path:
+        print(markdown_table(comparison_records(comparison)))
+        print(markdown_table(metric_records(metrics)))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    splits = load_dataset(args.dataset, args.data_root)
+    _compare_and_report(*_load_models(args, splits.info), splits, _config(args), args)
+
+
+def cmd_barrier(args: argparse.Namespace) -> None:
+    splits = load_dataset(args.dataset, args.data_root)
+    _barrier_and_report(*_load_models(args, splits.info), splits, _config(args), args)
+
+
+COMMANDS = {"train": cmd_train, "align": cmd_align, "fuse": cmd_fuse, "demo": cmd_demo, "barrier": cmd_barrier,
+            "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

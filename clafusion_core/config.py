@@ -199,6 +199,12 @@ class FusionConfig:
         "is this result stale?" check)."""
         return replace(self, finetune=FinetuneConfig())
 
+    def options_for(self, method: str):
+        """The options of fusion method ``method``: this config's when it is the chosen one, else its defaults."""
+        from .methods import get_method
+
+        return self.fusion.options if method == self.fusion.name else get_method(method).options_type()
+
     def activations_key(self) -> tuple:
         """What the unit activations depend on (the app caches them under it; the metric is not in it)."""
         return self.probe, self.alignment.activation, self.alignment.conv_features

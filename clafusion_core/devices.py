@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+
 import torch
+from torch import nn
 
 from .errors import DeviceError
 
@@ -26,3 +30,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in DEVICES:
         raise DeviceError(f"Unknown device '{name}'; choose one of {DEVICES}.")
     return torch.device(name)
+
+
+def placed_on(models: Sequence[nn.Module], device: torch.device) -> list[nn.Module]:
+    """The models themselves where they already live on ``device``, else private copies moved there
+    (so the caller's models never change device)."""
+    return [m if next(m.parameters()).device == device else copy.deepcopy(m).to(device) for m in models]

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .activations import CONV_MODES, unit_activations
+from .activations import unit_activations
 from .alignment import align_layers, alignment_cost, validate_mapping
-from .balancing import BALANCE_METHODS, Balanced, balance
+from .balancing import Balanced, balance
 from .baselines import ensemble_accuracy, teacher_logits, vanilla_average
 from .data import DataSplits, probe_examples
 from .devices import resolve_device
@@ -33,8 +33,8 @@ from .models import count_parameters
 from .config import FusionConfig
 from .methods import FusionBatch, FusionOutput, get_method
 from .repair import repair_statistics, repairable_layers, with_biases
-from .similarity import METRICS, cost_matrix
-from .train import Progress, TrainConfig, cached_accuracy, evaluate, finetune, reset_batchnorm
+from .similarity import cost_matrix
+from .train import Progress, cached_accuracy, evaluate, finetune, reset_batchnorm
 
 
 @dataclass
@@ -199,6 +199,33 @@ def compute_alignment(acts_a: list[list[torch.Tensor]], acts_b: list[list[torch.
     return Alignment(costs, mappings, optimal, full, notes)
 
 
+@dataclass
+class BalancedPair:
+    """Two models after the front stages: ordered (A the deeper), aligned by the DP, balanced."""
+
+    model_a: nn.Module
+    model_b: nn.Module
+    swapped: bool
+    alignment: Alignment
+    balanced: Balanced
+
+
+def align_and_balance(model_a: nn.Module, model_b: nn.Module, batch: FusionBatch, config: FusionConfig,
+                      activations: dict[int, list[list[torch.Tensor]]] | None = None) -> BalancedPair:
+    """Order the pair, record both models' activations on ``batch``, align (DP) and balance them.
+
+    ``activations`` (keyed by ``id(model)``) lets a caller pairing one model with many record it once.
+    """
+    model_a, model_b, swapped = order_pair(model_a, model_b)
+    store = {} if activations is None else activations
+    for model in (model_a, model_b):
+        if id(model) not in store:
+            store[id(model)] = compute_activations(model, batch.inputs, config)
+    alignment = compute_alignment(store[id(model_a)], store[id(model_b)], model_a, config)
+    balanced = balance(model_a, model_b, alignment.mappings, config.balancing.method, batch.inputs)
+    return BalancedPair(model_a, model_b, swapped, alignment, balanced)
+
+
 def inserted_layer_weights(balanced: Balanced, weight_b: float, rule: str) -> dict[str, list[float]]:
     """Per-layer ``[w_A, w_B]`` where they differ from ``[1 − s, s]``.
 
@@ -222,20 +249,21 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
     weights = [1 - config.fusion.weight, config.fusion.weight]
     layer_weights = inserted_layer_weights(balanced, config.fusion.weight, config.fusion.inserted)
     fused = get_method(config.fusion.name).fuse(parents, 1, weights, batch, config.fusion.options, layer_weights)
+    return fused, layer_weights, repair_and_reset(fused, parents, weights, layer_weights, batch, splits, config, device)
+
+
+def repair_and_reset(fused: FusionOutput, parents: list[nn.Module], weights: list[float],
+                     layer_weights: dict[str, list[float]], batch: FusionBatch, splits: DataSplits,
+                     config: FusionConfig, device: torch.device) -> dict:
+    """Statistics repair of ``fused.model`` (kept only if it helps on validation) and BatchNorm reset, for
+    any number of parents; replaces ``fused.model`` in place and returns what repair did."""
     report: dict = {"fused_plain_test": None}
     if config.repair.statistics or config.repair.bn_reset:
         report["fused_plain_test"] = evaluate(fused.model, splits.test, device)
     report["enabled"] = bool(config.repair.statistics and repairable_layers(fused.model))
-    if report["enabled"]:
-        _repair(fused, parents, weights, layer_weights, batch, splits, config, device, report)
-    else:   # nothing to repair (or BatchNorm everywhere: the reset repairs)
+    if not report["enabled"]:   # nothing to repair (or BatchNorm everywhere: the reset repairs)
         _bn_reset(fused.model, splits, config, device)
-    return fused, layer_weights, report
-
-
-def _repair(fused: FusionOutput, parents: list[nn.Module], weights: list[float], layer_weights: dict,
-            batch: FusionBatch, splits: DataSplits, config: FusionConfig, device: torch.device, report: dict) -> None:
-    """Statistics repair on a copy, kept (in ``fused.model``) only if it improves validation accuracy."""
+        return report
     repaired = with_biases(copy.deepcopy(fused.model))
     repair_statistics(repaired, parents, fused.correspondence, weights, batch.inputs, layer_weights)
     plain, repaired = (_bn_reset(m, splits, config, device) for m in (fused.model, repaired))
@@ -251,6 +279,7 @@ def _repair(fused: FusionOutput, parents: list[nn.Module], weights: list[float],
     if report["kept"] and report["added_biases"]:
         fused.warnings.append("Repair gave the fused model biases (its parents had none) so it could shift "
                               "each neuron's mean; the exported model has them too.")
+    return report
 
 
 @contextmanager

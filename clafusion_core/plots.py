@@ -34,6 +34,9 @@ __all__ = [
     "stage_timings",
     "format_seconds",
     "architecture_diagram",
+    "barrier_plot",
+    "method_comparison_bars",
+    "metric_downstream_bars",
 ]
 
 TEMPLATE = "plotly_white"
@@ -548,4 +551,86 @@ def architecture_diagram(stages_a: list[list[int]], stages_b: list[list[int]], *
     fig.update_xaxes(visible=False, range=[-0.6, x_max + 0.6])
     fig.update_yaxes(tickmode="array", tickvals=[y_a, y_b], ticktext=list(names), range=[-0.5, 1.55],
                      showgrid=False, zeroline=False)
+    return fig
+
+
+# ------------------------------------------------------------------------------- comparing fusion methods
+
+CURVE_COLORS = ["#9aa5b1", "#1f77b4", "#aec7e8", "#2ca02c", "#98df8a", "#9467bd", "#c5b0d5", "#8c564b", "#e377c2"]
+
+
+def barrier_plot(curves: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], *,
+                 heights: dict[str, float] | None = None,
+                 title: str = "Test loss and accuracy along the straight path") -> go.Figure:
+    """Loss (left) and accuracy (right) against t for each path ``name → (t, loss, accuracy)``.
+
+    A curve may be partial (drawn while it is computed). ``heights`` adds each path's loss barrier
+    to its legend entry; the left panel's dotted line is the chord of the first complete curve's loss.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("test loss", "test accuracy"), horizontal_spacing=0.08)
+    for index, (name, (t, loss, accuracy)) in enumerate(curves.items()):
+        color = CURVE_COLORS[index % len(CURVE_COLORS)]
+        label = name if not heights or name not in heights else f"{name} (barrier {heights[name]:.3f})"
+        fig.add_trace(go.Scatter(x=list(t), y=list(loss), mode="lines+markers", name=label, legendgroup=name,
+                                 line=dict(color=color), hovertemplate=f"{name}<br>t = %{{x:.2f}}: loss %{{y:.4f}}<extra></extra>"),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=list(t), y=[100 * a for a in accuracy], mode="lines+markers", name=label,
+                                 legendgroup=name, showlegend=False, line=dict(color=color),
+                                 hovertemplate=f"{name}<br>t = %{{x:.2f}}: %{{y:.2f}} %<extra></extra>"), row=1, col=2)
+    fig.update_layout(template=TEMPLATE, title=_title(title, "t = 0: model A (aligned onto B's neurons where a method "
+                                                             "aligns), t = 1: model B"),
+                      height=420, margin=dict(l=10, r=10, t=90, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.15, xanchor="left", x=0.0))
+    fig.update_xaxes(title="t", range=[-0.03, 1.03])
+    fig.update_yaxes(title="cross-entropy", row=1, col=1)
+    fig.update_yaxes(title="accuracy (%)", ticksuffix=" %", row=1, col=2)
+    return fig
+
+
+def method_comparison_bars(names: Sequence[str], one_shot: Sequence[float | None],
+                           finetuned: Sequence[float | None], *, ceiling: float | None = None, epochs: int = 0,
+                           title: str = "Fusion methods on one pair") -> go.Figure:
+    """One-shot and finetuned test accuracy per method (fractions) as grouped bars, with the ensemble's
+    accuracy as a dashed ceiling line."""
+    def pct(values):
+        return [None if v is None else 100 * float(v) for v in values]
+
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=list(names), y=pct(one_shot), name="one-shot", marker_color=NEUTRAL_COLOR,
+                         text=[None if v is None else f"{v:.1f}" for v in pct(one_shot)], textposition="outside",
+                         hovertemplate="%{x}<br>one-shot: %{y:.2f} %<extra></extra>"))
+    if any(v is not None for v in finetuned):
+        fig.add_trace(go.Bar(x=list(names), y=pct(finetuned), name=f"after {epochs} finetuning epochs",
+                             marker_color=ACCENT_COLOR, text=[None if v is None else f"{v:.1f}" for v in pct(finetuned)],
+                             textposition="outside", hovertemplate="%{x}<br>finetuned: %{y:.2f} %<extra></extra>"))
+    known = [v for v in pct([*one_shot, *finetuned, ceiling]) if v is not None]
+    low = min(known) if known else 0.0
+    if ceiling is not None:
+        fig.add_hline(y=100 * ceiling, line=dict(color=PATH_COLOR, dash="dash"),
+                      annotation_text=f"ensemble {100 * ceiling:.1f} %", annotation_position="top left")
+    fig.update_layout(template=TEMPLATE, title=_title(title), barmode="group", height=400, margin=MARGIN,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    fig.update_yaxes(range=[max(0.0, math.floor(low - max(2.0, 0.3 * (100 - low)))), 101], title="test accuracy (%)",
+                     ticksuffix=" %")
+    return fig
+
+
+def metric_downstream_bars(labels: Sequence[str], fused: Sequence[float], alignments: Sequence[str], *,
+                           chosen: str | None = None,
+                           title: str = "What each cost metric's alignment fuses to") -> go.Figure:
+    """Fused one-shot accuracy (fractions) per cost metric, each bar labelled with its alignment; the
+    best bar in the accent colour, the metric in use (``chosen``) outlined."""
+    values = [100 * float(v) for v in fused]
+    best = max(values) if values else None
+    fig = go.Figure(go.Bar(
+        x=list(labels), y=values, text=[f"{v:.1f} %<br>{a}" for v, a in zip(values, alignments)], textposition="inside",
+        insidetextanchor="end", textfont=dict(color="white"), name="fused",
+        marker=dict(color=[ACCENT_COLOR if v == best else NEUTRAL_COLOR for v in values],
+                    line=dict(color=[PATH_COLOR if label == chosen else "rgba(0,0,0,0)" for label in labels], width=3)),
+        customdata=list(alignments), hovertemplate="%{x}<br>alignment %{customdata}<br>fused: %{y:.2f} %<extra></extra>"))
+    low = min(values) if values else 0.0
+    fig.update_layout(template=TEMPLATE, title=_title(title, "bar text: each unit of B → its matched unit of A"),
+                      height=400, margin=dict(l=10, r=10, t=80, b=10), showlegend=False)
+    fig.update_yaxes(range=[max(0.0, math.floor(low - max(2.0, 0.5 * (100 - low)))), 100], title="fused one-shot (%)",
+                     ticksuffix=" %")
     return fig

@@ -1,4 +1,4 @@
-"""Demo pairs: small networks trained deterministically on the embedded digits, cached on disk.
+"""Demo pairs and sets: small networks trained deterministically on the embedded digits, cached on disk.
 
 The first use trains a pair (seconds for the MLPs, under a minute for the ResNets on 2 CPU cores) and
 saves it as safetensors under the user cache folder (``$CLAFUSION_CACHE`` or
@@ -55,6 +55,29 @@ DEMO_PAIRS: dict[str, DemoPair] = {pair.key: pair for pair in (
              training=TrainConfig(epochs=10, lr=0.05, weight_decay=5e-4)),
 )}
 DEFAULT_PAIR = "mlp"
+
+
+@dataclass(frozen=True)
+class DemoSet:
+    """Three or more independently seeded models for many-model fusion (same training as the pairs)."""
+
+    key: str
+    title: str
+    description: str
+    archs: tuple[str, ...]
+    seeds: tuple[int, ...]
+    dataset: str = "digits"
+    training: TrainConfig = TrainConfig(epochs=20, lr=0.05)
+
+
+DEMO_SETS: dict[str, DemoSet] = {demo.key: demo for demo in (
+    DemoSet("mlp-same", "Three same-shape MLPs",
+            "Three independently seeded MLPs of one shape (the first two are the same-shape demo pair).",
+            ("mlp:400-200-100",) * 3, (0, 1, 2)),
+    DemoSet("mlp-mixed", "MLPs of three depths",
+            "5, 4 and 3 hidden layers: each is balanced to the deepest before fusion.",
+            ("mlp:400-200-100-50-25", "mlp:400-200-100-50", "mlp:400-200-100"), (0, 2, 1)),
+)}
 
 
 def cache_dir() -> Path:
@@ -119,8 +142,24 @@ def load_demo_pair(key: str = DEFAULT_PAIR, progress: Progress | None = None) ->
     return model_a, model_b
 
 
+def load_demo_set(key: str, progress: Progress | None = None) -> list[nn.Module]:
+    """The trained models of a demo set, in its order."""
+    if key not in DEMO_SETS:
+        raise FusionError(f"Unknown demo set '{key}'; choose one of {sorted(DEMO_SETS)}.")
+    demo = DEMO_SETS[key]
+    count = len(demo.archs)
+    return [trained_model(arch, seed, demo.dataset, demo.training,
+                          _share(progress, index / count, 1 / count, f"model {index + 1} of {count}"))
+            for index, (arch, seed) in enumerate(zip(demo.archs, demo.seeds))]
+
+
 def _half(progress: Progress | None, start: float, label: str) -> Progress | None:
     """Map a model's own 0..1 progress onto one half of the pair's progress bar."""
+    return _share(progress, start, 0.5, label)
+
+
+def _share(progress: Progress | None, start: float, width: float, label: str) -> Progress | None:
+    """Map a model's own 0..1 progress onto ``[start, start + width]`` of a progress bar."""
     if progress is None:
         return None
-    return lambda fraction, message: progress(start + fraction / 2, f"{label}: {message}")
+    return lambda fraction, message: progress(start + fraction * width, f"{label}: {message}")

@@ -1,8 +1,6 @@
 """1 · Alignment — the layer-to-layer cost matrix, its DP alignment, all metrics compared, and a
 what-if matching that the Fusion page then uses."""
 
-from dataclasses import replace
-
 import streamlit as st
 
 from app_support import cached, state, ui, views

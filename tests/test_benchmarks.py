@@ -127,3 +127,14 @@ def test_finetune_quick_compares_distillation_with_labels_alone(tmp_path):
         assert {"fused", "model_a", "model_b", "val_fused"} <= set(run)
         assert entry["fused_mean"] == run["fused"]
         assert math.isclose(entry["gap_to_better_parent_pp"], 100 * (run["fused"] - pair["better_parent"]))
+
+
+def test_compare_quick_writes_barriers_and_the_method_table(tmp_path):
+    out, proc, data = _run_quick("compare.py", tmp_path)
+    _check_machine(data)
+    assert data["benchmark"] == "compare" and (out / "compare-quick.md").read_text().startswith("## Loss barriers")
+    (barrier, *_) = data["barriers"]
+    assert {"naive", "ot", "ot+repair"} <= set(barrier["barrier_heights"])
+    assert barrier["barrier_heights"]["ot"] < barrier["barrier_heights"]["naive"]
+    assert "| Vanilla averaging (no alignment) |" in proc.stdout
+    assert all(math.isfinite(x) for x in _numbers(data["barriers"]))

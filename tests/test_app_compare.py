@@ -1,0 +1,94 @@
+"""The Compare page and shareable URLs under ``streamlit.testing.v1.AppTest``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from app_support import state  # noqa: E402
+
+APP = ROOT / "app.py"
+COMPARE, FUSION = "pages/4_Compare.py", "pages/2_Fusion.py"
+TIMEOUT = 240
+
+
+def fresh(query: dict[str, str] | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params.update(query or {})
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert not at.get("help"), "a bare expression was written to the page by Streamlit's magic"
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    next(b for b in at.button if b.label == label).click().run()
+    assert_clean(at)
+    return at
+
+
+def test_a_shared_url_restores_the_same_setup():
+    at = fresh().run()
+    at.selectbox(key=state.DEMO_KEY).set_value("mlp-same").run()
+    at.switch_page(FUSION).run()
+    at.radio(key=state.GROUND_METRIC).set_value("weights")
+    at.radio(key=state.SOLVER).set_value("sinkhorn")
+    at.toggle(key=state.REPAIR).set_value(False)
+    at.slider(key=state.FUSION_WEIGHT).set_value(0.3).run()
+    assert_clean(at)
+    link = dict(at.query_params)
+    assert link == {"src": "demo", "pair": "mlp-same", "ground": "weights", "solver": "sinkhorn", "repair": "0",
+                    "s": "0.3"}
+
+    shared = fresh(link)
+    shared.switch_page(COMPARE).run()            # opened straight on another page, in a new session
+    assert_clean(shared)
+    for key, _ in state.url_fields().values():
+        assert shared.session_state[key] == at.session_state[key], key
+    assert shared.session_state[state.PAIR] == at.session_state[state.PAIR]
+    assert not any("default demo pair" in i.value for i in shared.info)
+    assert dict(shared.query_params) == link     # and the page writes the same link again
+
+
+def test_a_link_with_values_the_app_cannot_use_falls_back_and_says_which():
+    at = fresh({"pair": "mlp-same", "cost": "nope", "s": "half"})
+    at.switch_page(COMPARE).run()
+    assert not at.exception
+    assert any("cost, s could not be used" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert at.session_state[state.COST] == state.WIDGET_DEFAULTS[state.COST]
+    assert at.session_state[state.PAIR].refs[0].demo == "mlp-same"
+
+
+def test_the_compare_page_opened_directly_falls_back_to_the_default_pair():
+    at = fresh()
+    at.switch_page(COMPARE).run()
+    assert_clean(at)
+    assert at.title[0].value.startswith("4")
+    assert any("default demo pair" in i.value for i in at.info)
+
+
+def test_the_compare_page_draws_the_barrier_and_renders_the_method_table():
+    at = fresh({"pair": "mlp-same", "points": "3", "cmp_epochs": "0"})
+    at.switch_page(COMPARE).run()
+    assert_clean(at)
+    click(at, "Draw the loss barrier")
+    (figure,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert {t["legendgroup"] for t in figure["data"]} >= {
+        "naive (no alignment)", "Optimal transport (OTFusion)", "Optimal transport (OTFusion) + repair"}
+    assert all(len(t["x"]) == 3 for t in figure["data"])
+    click(at, "Compare the methods")
+    table = at.dataframe[-1].value
+    assert list(table["method"])[:4] == ["model A", "model B", "Ensemble (mean of softmaxes)",
+                                         "Vanilla averaging (no alignment)"]
+    assert table["one-shot %"].notna().all() and len(table) >= 6
+    assert {d.label for d in at.get("download_button")} >= {"Download barrier.json", "Download compare.json"}
