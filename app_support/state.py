@@ -231,7 +231,7 @@ def url_fields() -> dict[str, tuple[str, object]]:
     from clafusion_core.devices import DEVICES
     from clafusion_core.methods import METHODS
     from clafusion_core import otfusion
-    from clafusion_core.pipeline import INSERTED_WEIGHTS
+    from clafusion_core.config import INSERTED_WEIGHTS
     from clafusion_core.similarity import METRICS
 
     return {
