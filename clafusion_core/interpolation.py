@@ -1,0 +1,691 @@
+"""Neuron-interpolation fusion (seed paper 003, its linear variant "K-means fusion") of N models.
+
+The parents M_1..M_K have the same layers (balanced to equal depth; widths may differ). The fused model
+F has the reference parent's architecture and widths. One labelled fusion batch D serves every step.
+For each weight layer ℓ in forward order:
+
+1. **Design** ``Z ∈ R^{R×d}``: the inputs of layer ℓ in the *current* F on D (the layers below ℓ are
+   already fused, so their errors are compensated here), plus a column of ones when the layer has a
+   bias or a BatchNorm. A conv gives one row per (sample, output position): its im2col patch; rows are
+   subsampled so that ``R·d`` stays below :data:`MAX_DESIGN_ELEMENTS`.
+2. **Targets** ``A = [A_1 | … | A_K] ∈ R^{R×M}``: every parent's own pre-activations of ℓ on D, one
+   column per parent neuron. With BatchNorm the target is the BatchNorm's output, i.e. the BatchNorm is
+   folded into the layer for the fit.
+3. **Fit** each parent neuron by ridge regression towards the parent's own weights (:func:`ridge_fit`):
+   ``w_j = argmin_w ‖Z w − a_j‖² + λ‖w − w⁰_j‖²``. The prior w⁰_j is the parent's (BN-folded) row with
+   its inputs re-indexed onto F's neurons through the grouping of the layer below: every parent input
+   feeds the fused neuron it was grouped into, ``w⁰_j[c] = Σ_{i→c} W_j[i]`` — defined for any widths,
+   and function-preserving when each group member behaves like its fused neuron. Directions of input
+   space that D never visits therefore keep the parent's weights instead of a pseudo-inverse's zeros,
+   which matters when |D| is below the fan-in.
+4. **Group** the M parent neurons into k = F's width groups (:func:`weighted_kmeans`): importance
+   weighted K-means whose centre is ``w̄_c = Σ_{j∈c} s_j w_j / Σ_{j∈c} s_j`` and whose distance is
+   ``‖Z w̄_c − a_j‖₂``; or, for two parents, a one-to-one matching (:func:`one_to_one`, Hungarian).
+5. **Fused row** c of ℓ is w̄_c. Least squares is linear in its targets, so w̄_c is also the fit of
+   the group's importance-weighted mean pre-activation — the "target representation" of the paper.
+6. **Logits**: no grouping; class i of every parent forms group i.
+
+Importance s_j is uniform or the neuron's mean |conductance| for the true class
+(:func:`neuron_attributions`), normalised to sum to 1 per parent and multiplied by the parent's weight.
+
+*BatchNorm in the fused model* is written in a canonical form: the fitted (folded) weights go into the
+conv, the running statistics are the mean and variance of that conv's output on D, and the affine
+parameters undo the normalisation (γ = √(var + ε), β = mean + b̄). In eval mode the layer computes exactly
+the fit, and recomputing the statistics on training data afterwards changes almost nothing.
+
+*Residual networks* are refused: the layers writing into one residual stream would have to share one
+grouping and their targets include the shortcut, which this implementation does not model.
+
+*Cost*: each layer needs one eigendecomposition of ZᵀZ (d×d) for the ridge path and the fit, and
+K-means runs in an orthonormal basis of the column space of Z (at most min(R, d) coordinates), so the
+distances ‖Z w̄_c − a_j‖ never materialise R-long vectors.
+
+References
+----------
+.. [1] "Model Fusion via Neuron Interpolation" (see ``shared/seeds/003_*.txt``).
+.. [2] Dhamdhere, Sundararajan, Yan, "How important is a neuron?" (layer conductance), ICLR 2019.
+.. [3] Shrikumar, Greenside, Kundaje, "Learning important features through propagating activation
+       differences" (DeepLIFT), ICML 2017.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from .activations import record_outputs
+from .data import DataSplits
+from .errors import AlignmentError, FusionError
+from .layers import WeightLayer, model_view
+from .otfusion import Transport, _correct_input, _params
+
+GROUPINGS = ("kmeans", "hungarian")
+IMPORTANCES = ("uniform", "conductance")
+RIDGE_GRID = (0.0, *(float(v) for v in 10.0 ** np.arange(-6.0, 0.25, 0.5)))  # relative ridges tried
+HOLDOUT_FRACTION = 0.2          # share of the fusion batch's samples that chooses the ridge
+MAX_DESIGN_ELEMENTS = 1 << 24   # R·d bound of a layer's design matrix (128 MiB in float64)
+MIN_SAMPLES = 5
+_EIGEN_CUTOFF = 1e-10           # eigenvalues below this share of the largest count as zero
+
+
+@dataclass(frozen=True)
+class InterpOptions:
+    """How to fuse by neuron interpolation; every field maps to a CLI flag and an app widget.
+
+    ``fusion_size`` is the number of fusion-batch samples used (the first ones given; the caller draws
+    them, e.g. with :func:`fusion_batch`). ``ridge`` is relative, ``λ = ridge · tr(ZᵀZ)/d``; None
+    chooses it per layer on a held-out 20 % of the batch. ``seed`` fixes that split, the conv row
+    subsample and the K-means restarts.
+    """
+
+    fusion_size: int = 1000
+    grouping: str = "kmeans"
+    importance: str = "uniform"
+    ridge: float | None = None
+    restarts: int = 3
+    iterations: int = 30
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, allowed in (("grouping", GROUPINGS), ("importance", IMPORTANCES)):
+            if getattr(self, name) not in allowed:
+                raise AlignmentError(f"Unknown {name} '{getattr(self, name)}'; choose one of {allowed}.")
+        if isinstance(self.fusion_size, bool) or not isinstance(self.fusion_size, int) or self.fusion_size < MIN_SAMPLES:
+            raise AlignmentError(f"The fusion batch size must be a whole number of at least {MIN_SAMPLES} samples, "
+                                 "e.g. 1000 (at least the largest fan-in where the data allows).")
+        if self.ridge is not None and not (np.isfinite(self.ridge) and self.ridge >= 0):
+            raise AlignmentError("The ridge must be a non-negative number (e.g. 1e-3), or left empty to choose it "
+                                 "on held-out fusion samples.")
+        if self.restarts < 1 or self.iterations < 1:
+            raise AlignmentError("K-means needs at least 1 restart and 1 iteration (defaults: 3 and 30).")
+
+
+@dataclass
+class InterpResult:
+    """The fused model and how it came about.
+
+    ``membership[group][k]`` is parent k's (n_k × n_fused) 0/1 matrix: entry (j, c) is 1 when parent
+    neuron j went into fused neuron c (all-zero rows: neurons left out, e.g. unmatched by the Hungarian
+    variant or of a parent with weight 0). ``importance[group][k]`` are those neurons' weights s_j.
+    """
+
+    model: nn.Module
+    membership: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    importance: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    diagnostics: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def fusion_batch(splits: DataSplits, size: int = 1000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A labelled, class-balanced fusion batch drawn from the training and validation splits.
+
+    Classes are taken in turn (one random sample of each per round) until ``size`` samples are drawn
+    or the data runs out, so the batch is as balanced as the data allows. Never uses the test split.
+    """
+    inputs = torch.cat([splits.train.tensors[0], splits.val.tensors[0]])
+    labels = torch.cat([splits.train.tensors[1], splits.val.tensors[1]])
+    rng = np.random.default_rng(seed)
+    label_array = labels.numpy()
+    per_class = [rng.permutation(np.flatnonzero(label_array == c)) for c in np.unique(label_array)]
+    order = [i for turn in itertools.zip_longest(*per_class) for i in turn if i is not None][:size]
+    index = torch.as_tensor(np.array(order, dtype=np.int64))
+    return inputs[index].clone(), labels[index].clone()
+
+
+# ----------------------------------------------------------------------------------- importance
+
+
+def neuron_attributions(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                        batch_size: int = 256) -> dict[str, torch.Tensor]:
+    r"""Gradient × activation of every hidden neuron's pre-activation for the true-class logit.
+
+    .. math::
+        \mathrm{attr}_j(x) = z_j(x)\,\frac{\partial f_{y(x)}(x)}{\partial z_j}
+
+    where z_j is neuron j's pre-activation (after BatchNorm; a conv channel sums over positions). This
+    is layer conductance with a zero baseline in one integration step. On a bias-free ReLU network the
+    pre-activations scale linearly along the path αx, the ReLU pattern and so the gradients stay fixed,
+    and the one step is exact: it then equals conductance and DeepLIFT's rescale rule, and every layer's
+    attributions sum to the true-class logit (completeness).
+
+    Returns ``{layer name: [samples, neurons]}`` for every layer except the logits.
+    """
+    layers = [layer for layer in model_view(model).layers if layer.out_group is not None]
+    points = {layer.name: layer.bn or layer.name for layer in layers}
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in points}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(inputs), batch_size):
+            captured: dict[str, torch.Tensor] = {}
+            handles = [model.get_submodule(point).register_forward_hook(
+                lambda _m, _i, out, name=name: captured.__setitem__(name, out)) for name, point in points.items()]
+            try:
+                with torch.enable_grad():
+                    x = inputs[start:start + batch_size].detach().requires_grad_(True)
+                    logits = model(x)
+                    picked = logits.gather(1, labels[start:start + batch_size].to(logits.device)[:, None]).sum()
+                    grads = torch.autograd.grad(picked, [captured[name] for name in points])
+            finally:
+                for handle in handles:
+                    handle.remove()
+            for name, grad in zip(points, grads):
+                attribution = (captured[name].detach() * grad)
+                chunks[name].append(attribution.sum((2, 3)) if attribution.dim() == 4 else attribution)
+    finally:
+        model.train(was_training)
+    return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+
+def _importances(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, kind: str,
+                 weight: float) -> dict[str, torch.Tensor]:
+    """Per hidden layer, the neurons' importance: scores normalised to sum 1, times the parent's weight."""
+    widths = {layer.name: model.get_submodule(layer.name).weight.shape[0]
+              for layer in model_view(model).layers if layer.out_group is not None}
+    if kind == "uniform":
+        return {name: torch.full((width,), weight / width, dtype=torch.float64) for name, width in widths.items()}
+    out = {}
+    for name, attribution in neuron_attributions(model, inputs, labels).items():
+        scores = attribution.abs().mean(0).double().cpu()
+        if not scores.sum() > 0:
+            scores = torch.ones_like(scores)
+        scores = scores.clamp_min(1e-6 * scores.mean())  # every group keeps a well-defined weighted mean
+        out[name] = weight * scores / scores.sum()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ fit
+
+
+@dataclass
+class RidgeFit:
+    """The fitted columns W (d × M), the relative ridge ρ and λ used, and ZᵀZ = V diag(e) Vᵀ of all rows."""
+
+    weights: torch.Tensor
+    ridge: float
+    lam: float
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    holdout_errors: dict[float, float] = field(default_factory=dict)
+
+
+def _eigen(design: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    e, v = torch.linalg.eigh(design.T @ design)
+    return e.clamp_min(0), v
+
+
+def _inverse_spectrum(e: torch.Tensor, lam: float) -> torch.Tensor:
+    """1 / (e + λ), with 0 where e + λ is numerically zero (those directions keep the prior)."""
+    denominator = e + lam
+    cutoff = _EIGEN_CUTOFF * float(e.max()) if float(e.max()) > 0 else 0.0
+    return torch.where(denominator > cutoff, 1.0 / denominator.clamp_min(1e-300), torch.zeros_like(e))
+
+
+def ridge_fit(design: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor,
+              importance: torch.Tensor | None = None, ridge: float | None = None,
+              holdout: torch.Tensor | None = None) -> RidgeFit:
+    r"""Ridge regression of every target column towards its prior column.
+
+    .. math::
+        w_j = \arg\min_w \|Z w - a_j\|^2 + \lambda \|w - w^0_j\|^2
+            = w^0_j + (Z^\top Z + \lambda I)^{-1} Z^\top (a_j - Z w^0_j),
+        \qquad \lambda = \rho\,\mathrm{tr}(Z^\top Z)/d
+
+    All columns share one eigendecomposition ``ZᵀZ = V diag(e) Vᵀ``. ρ = 0 is the exact least-squares
+    solution nearest the prior (directions with e = 0 keep w⁰). With ``ridge=None`` ρ is the value of
+    :data:`RIDGE_GRID` that, fitted on the rows outside ``holdout`` (a boolean row mask), minimises the
+    importance-weighted held-out error ``Σ_j s_j ‖Z_h w_j − a_{h,j}‖²``; the final fit uses every row.
+
+    Parameters
+    ----------
+    design : (R, d) tensor ``Z``
+    targets : (R, M) tensor ``A``
+    prior : (d, M) tensor ``W⁰``
+    importance : (M,) tensor ``s`` or None (uniform)
+    ridge : float or None, the relative ridge ρ
+    holdout : (R,) bool tensor, required when ``ridge`` is None
+    """
+    design, targets, prior = design.double(), targets.double(), prior.double()
+    d = design.shape[1]
+    errors: dict[float, float] = {}
+    if ridge is None:
+        if holdout is None or not holdout.any() or holdout.all():
+            raise FusionError("Choosing the ridge needs held-out rows and training rows; give a ridge value instead.")
+        weight = (torch.ones(targets.shape[1], dtype=torch.float64, device=targets.device) if importance is None
+                  else importance.double().to(targets.device))
+        train_z, held_z = design[~holdout], design[holdout]
+        e, v = _eigen(train_z)
+        scale = float(e.sum()) / d
+        projected = held_z @ v                                                  # Z_h V
+        coefficients = v.T @ (train_z.T @ (targets[~holdout] - train_z @ prior))  # Vᵀ Z_tᵀ (A_t − Z_t W⁰)
+        base = targets[holdout] - held_z @ prior
+        for rho in RIDGE_GRID:
+            residual = base - projected @ (_inverse_spectrum(e, rho * scale)[:, None] * coefficients)
+            errors[rho] = float((residual.pow(2).sum(0) * weight).sum())
+        ridge = min(errors, key=errors.get)
+    e, v = _eigen(design)
+    lam = ridge * float(e.sum()) / d
+    update = v @ (_inverse_spectrum(e, lam)[:, None] * (v.T @ (design.T @ (targets - design @ prior))))
+    return RidgeFit(prior + update, float(ridge), lam, e, v, errors)
+
+
+def _coordinates(fit: RidgeFit, design: torch.Tensor, targets: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fits, targets and out-of-span residuals in an orthonormal basis of col(Z).
+
+    With ZᵀZ = V diag(e) Vᵀ, Q = Z V e^{-1/2} is orthonormal; ``Z w = Q (e^{1/2} Vᵀ w)`` and
+    ``a = Q (e^{-1/2} Vᵀ Zᵀ a) + a⊥``. Returns (t_j), (u_j) as rows (M × r) and ‖a_j⊥‖² (M,), so that
+    ``‖Z w̄ − a_j‖² = ‖t̄ − u_j‖² + ‖a_j⊥‖²``.
+    """
+    e, v = fit.eigenvalues, fit.eigenvectors
+    keep = e > _EIGEN_CUTOFF * float(e.max()) if float(e.max()) > 0 else torch.zeros_like(e, dtype=torch.bool)
+    root = e[keep].sqrt()
+    basis = v[:, keep]
+    fits = (fit.weights.T @ basis) * root
+    projections = (targets.double().T @ (design.double() @ basis)) / root
+    outside = (targets.double().pow(2).sum(0) - projections.pow(2).sum(1)).clamp_min(0)
+    return fits, projections, outside
+
+
+# ------------------------------------------------------------------------------------- grouping
+
+
+@dataclass
+class Grouping:
+    """Group of every neuron (−1: left out), its Σ_j s_j ‖Z w̄_{c(j)} − a_j‖ cost, and whether Lloyd converged."""
+
+    labels: torch.Tensor
+    cost: float
+    converged: bool = True
+
+
+def _centres(fits: torch.Tensor, importance: torch.Tensor, labels: torch.Tensor, clusters: int) -> torch.Tensor:
+    """Importance-weighted mean of each group's rows (neurons labelled −1 are left out)."""
+    kept = labels >= 0
+    sums = torch.zeros(clusters, fits.shape[1], dtype=fits.dtype, device=fits.device)
+    sums.index_add_(0, labels[kept], fits[kept] * importance[kept, None])
+    mass = torch.zeros(clusters, dtype=fits.dtype, device=fits.device).index_add_(0, labels[kept], importance[kept])
+    return sums / mass.clamp_min(1e-300)[:, None]
+
+
+def _squared_distances(centres: torch.Tensor, targets: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
+    """``‖t̄_c − u_j‖² + ‖a_j⊥‖²`` for every centre c (rows) and neuron j (columns)."""
+    cross = centres @ targets.T
+    squared = centres.pow(2).sum(1)[:, None] - 2 * cross + targets.pow(2).sum(1)[None, :] + outside[None, :]
+    return squared.clamp_min(0)
+
+
+def _cost(squared: torch.Tensor, labels: torch.Tensor, importance: torch.Tensor) -> float:
+    kept = labels >= 0
+    return float((importance[kept] * squared[labels[kept], kept.nonzero().flatten()].sqrt()).sum())
+
+
+def _farthest_point_labels(fits, targets, outside, importance, clusters, first) -> torch.Tensor:
+    """Seeds: neuron ``first``, then repeatedly the neuron with the largest s_j · distance to its nearest
+    seed; every neuron is labelled with its nearest seed."""
+    chosen = torch.zeros(len(fits), dtype=torch.bool, device=fits.device)
+    labels = torch.zeros(len(fits), dtype=torch.long, device=fits.device)
+    nearest = torch.full((len(fits),), float("inf"), dtype=fits.dtype, device=fits.device)
+    seed = first
+    for c in range(clusters):
+        chosen[seed] = True
+        distance = _squared_distances(fits[seed:seed + 1], targets, outside)[0]
+        closer = distance < nearest
+        labels[closer], nearest[closer] = c, distance[closer]
+        score = importance * nearest.sqrt()
+        score[chosen] = -1.0
+        seed = int(score.argmax())
+    return labels
+
+
+def _refill(labels: torch.Tensor, squared: torch.Tensor, importance: torch.Tensor, clusters: int) -> torch.Tensor:
+    """Give every empty group the worst-served neuron (largest s_j · distance) of a group with ≥ 2 members."""
+    labels = labels.clone()
+    counts = torch.bincount(labels, minlength=clusters)
+    served = importance * squared[labels, torch.arange(len(labels), device=labels.device)].sqrt()
+    for empty in (counts == 0).nonzero().flatten().tolist():
+        candidates = torch.where(counts[labels] > 1, served, torch.full_like(served, -1.0))
+        j = int(candidates.argmax())
+        counts[labels[j]] -= 1
+        labels[j], counts[empty], served[j] = empty, 1, -1.0
+    return labels
+
+
+def weighted_kmeans(fits: torch.Tensor, targets: torch.Tensor, outside: torch.Tensor, importance: torch.Tensor,
+                    clusters: int, restarts: int = 3, iterations: int = 30, seed: int = 0) -> Grouping:
+    r"""Importance-weighted K-means of neurons whose centres are fits and whose points are targets.
+
+    Neuron j has fit t_j, target u_j (coordinates, see :func:`_coordinates`) and out-of-span residual
+    r_j = ‖a_j⊥‖²; group c has centre :math:`\bar t_c = \sum_{j\in c} s_j t_j / \sum_{j\in c} s_j`, and
+
+    .. math::
+        \min_{c(\cdot)} \sum_j s_j \sqrt{\|\bar t_{c(j)} - u_j\|^2 + r_j}
+        \;=\; \sum_j s_j \|Z \bar w_{c(j)} - a_j\|_2
+
+    Lloyd iterations (assign each neuron to its nearest centre, recompute the centres) from a
+    farthest-point start: restart 0 begins at the neuron farthest (importance-weighted) from the global
+    mean, restart r ≥ 1 at a neuron drawn ∝ s with a generator seeded ``seed + r``. The restart with the
+    lowest cost wins; groups left empty are refilled with the worst-served neuron.
+    """
+    if len(fits) < clusters:
+        raise FusionError(f"There are {len(fits)} neurons to group into {clusters}; choose the wider parent as the "
+                          "reference or give every parent a positive weight.")
+    importance = importance.to(fits)
+    best: Grouping | None = None
+    global_mean = (importance[:, None] * fits).sum(0, keepdim=True) / importance.sum()
+    for restart in range(restarts):
+        if restart == 0:
+            first = int((importance * (fits - global_mean).pow(2).sum(1).sqrt()).argmax())
+        else:
+            generator = torch.Generator().manual_seed(seed + restart)
+            first = int(torch.multinomial((importance / importance.sum()).cpu().float(), 1, generator=generator))
+        labels = _farthest_point_labels(fits, targets, outside, importance, clusters, first)
+        squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, outside)
+        labels = _refill(labels, squared, importance, clusters)
+        converged = False
+        for _ in range(iterations):
+            squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, outside)
+            updated = _refill(squared.argmin(0), squared, importance, clusters)
+            if torch.equal(updated, labels):
+                converged = True
+                break
+            labels = updated
+        squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, outside)
+        candidate = Grouping(labels, _cost(squared, labels, importance), converged)
+        if best is None or candidate.cost < best.cost:
+            best = candidate
+    return best
+
+
+def one_to_one(fits: torch.Tensor, targets: torch.Tensor, outside: torch.Tensor, importance: torch.Tensor,
+               reference: torch.Tensor, other: torch.Tensor) -> Grouping:
+    r"""Match the other parent's neurons one-to-one onto the reference's (Hungarian algorithm).
+
+    Group i is reference neuron i plus at most one partner j of the other parent; unmatched reference
+    neurons stay alone, unmatched other neurons are left out (label −1). The matching minimises the same
+    cost as :func:`weighted_kmeans`, ``Σ_groups Σ_{j∈group} s_j ‖Z w̄_group − a_j‖``: the pair cost minus the
+    cost of the reference neuron alone is solved as a rectangular assignment by
+    :func:`scipy.optimize.linear_sum_assignment`.
+
+    ``reference`` / ``other`` are the index tensors of the two parents' neurons in ``fits``.
+    """
+    importance = importance.to(fits)
+    tr, ur, rr, sr = fits[reference], targets[reference], outside[reference], importance[reference]
+    to, uo, ro, so = fits[other], targets[other], outside[other], importance[other]
+    p = sr[:, None] / (sr[:, None] + so[None, :])
+    q = 1 - p
+    shared = p.pow(2) * tr.pow(2).sum(1)[:, None] + q.pow(2) * to.pow(2).sum(1)[None, :] + 2 * p * q * (tr @ to.T)
+    to_reference = shared - 2 * p * (tr * ur).sum(1)[:, None] - 2 * q * (ur @ to.T) + ur.pow(2).sum(1)[:, None]
+    to_other = shared - 2 * p * (tr @ uo.T) - 2 * q * (to * uo).sum(1)[None, :] + uo.pow(2).sum(1)[None, :]
+    pair = (sr[:, None] * (to_reference.clamp_min(0) + rr[:, None]).sqrt()
+            + so[None, :] * (to_other.clamp_min(0) + ro[None, :]).sqrt())
+    alone = sr * ((tr - ur).pow(2).sum(1) + rr).sqrt()
+    rows, cols = linear_sum_assignment((pair - alone[:, None]).cpu().numpy())
+    labels = torch.full((len(fits),), -1, dtype=torch.long, device=fits.device)
+    labels[reference] = torch.arange(len(reference), device=fits.device)
+    labels[other[torch.as_tensor(cols, device=fits.device)]] = torch.as_tensor(rows, device=fits.device)
+    clusters = len(reference)
+    squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, outside)
+    return Grouping(labels, _cost(squared, labels, importance))
+
+
+# ------------------------------------------------------------------------------- layer plumbing
+
+
+def _effective(model: nn.Module, layer: WeightLayer) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The layer with its BatchNorm (eval mode) folded in: weight [out, in·k] and bias [out] or None.
+
+    ``BN(W x + b) = γ (W x + b − μ)/√(σ² + ε) + β``: weight ``W·γ/√(σ²+ε)``, bias ``(b − μ)·γ/√(σ²+ε) + β``.
+    """
+    params = _params(model, layer)
+    weight, bias = params["weight"], params.get("bias")
+    if layer.bn:
+        scale = params["bn.weight"] / torch.sqrt(params["bn.running_var"] + model.get_submodule(layer.bn).eps)
+        shift = (bias if bias is not None else 0.0) - params["bn.running_mean"]
+        weight, bias = weight * scale[:, None], shift * scale + params["bn.bias"]
+    return weight, bias
+
+
+def _prior(model: nn.Module, layer: WeightLayer, membership: torch.Tensor | None) -> torch.Tensor:
+    """The parent's folded rows as columns (d × m) in F's input basis: ``W · M`` on the input neurons."""
+    weight, bias = _effective(model, layer)
+    weight = weight.double()
+    if membership is not None:
+        ones = torch.ones(membership.shape[0], dtype=weight.dtype, device=weight.device)
+        weight = _correct_input(weight, Transport(membership, ones, membership.sum(0)), "sum")
+    if bias is not None:
+        weight = torch.cat([weight, bias.double()[:, None]], 1)
+    return weight.T
+
+
+def _layer_inputs(model: nn.Module, inputs: torch.Tensor, name: str, batch_size: int = 1024) -> torch.Tensor:
+    """What the named module receives on ``inputs`` (eval mode)."""
+    chunks: list[torch.Tensor] = []
+    handle = model.get_submodule(name).register_forward_pre_hook(lambda _m, args: chunks.append(args[0].detach()))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(inputs), batch_size):
+                model(inputs[start:start + batch_size])
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(chunks)
+
+
+def _design_rows(x: torch.Tensor, module: nn.Module, index: torch.Tensor, positions: int,
+                 batch_size: int = 64) -> torch.Tensor:
+    """Rows ``index`` of the layer's input matrix: samples for a Linear, im2col patches (sample-major,
+    then output position, channel-major like ``weight.reshape(out, -1)``) for a Conv2d."""
+    if not isinstance(module, nn.Conv2d):
+        return x.flatten(1)[index]
+    rows = []
+    for start in range(0, len(x), batch_size):
+        lo, hi = torch.searchsorted(index, torch.tensor([start * positions, (start + batch_size) * positions],
+                                                        device=index.device)).tolist()
+        if hi > lo:
+            patches = F.unfold(x[start:start + batch_size], module.kernel_size, module.dilation, module.padding,
+                               module.stride)
+            flat = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+            rows.append(flat[index[lo:hi] - start * positions])
+    return torch.cat(rows)
+
+
+def _output_rows(out: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of a layer's output as [samples·positions, neurons]."""
+    flat = out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]) if out.dim() == 4 else out
+    return flat[index]
+
+
+@torch.no_grad()
+def _write_layer(fused: nn.Module, layer: WeightLayer, centres: torch.Tensor, design: torch.Tensor,
+                 has_bias: bool) -> None:
+    """Write the fused rows w̄_c (weight, then bias if any) into F; BatchNorm in the canonical form."""
+    module = fused.get_submodule(layer.name)
+    weight = centres[:, :-1] if has_bias else centres
+    bias = centres[:, -1] if has_bias else None
+    module.weight.copy_(weight.reshape(module.weight.shape).to(module.weight))
+    if layer.bn:
+        bn = fused.get_submodule(layer.bn)
+        output = design[:, :-1] @ weight.T
+        mean, var = output.mean(0), output.var(0, unbiased=False)
+        bn.running_mean.copy_(mean.to(bn.running_mean))
+        bn.running_var.copy_(var.to(bn.running_var))
+        bn.weight.copy_(torch.sqrt(var + bn.eps).to(bn.weight))
+        bn.bias.copy_((mean + bias).to(bn.bias))
+        if module.bias is not None:
+            module.bias.zero_()
+    elif bias is not None:
+        module.bias.copy_(bias.to(module.bias))
+
+
+def _check_parents(parents: list[nn.Module], reference: int, weights: list[float], inputs: torch.Tensor,
+                   labels: torch.Tensor) -> None:
+    if not parents:
+        raise AlignmentError("Give at least one parent model to fuse.")
+    if not 0 <= reference < len(parents):
+        raise AlignmentError(f"The reference index {reference} is not one of the {len(parents)} parents.")
+    if len(weights) != len(parents) or any(not np.isfinite(w) or w < 0 for w in weights) \
+            or abs(sum(weights) - 1) > 1e-6:
+        raise AlignmentError(f"Give one non-negative fusion weight per parent ({len(parents)}), summing to 1.")
+    views = [model_view(p) for p in parents]
+    names = [[layer.name for layer in view.layers] for view in views]
+    if any(n != names[0] for n in names) or len({p.spec.family for p in parents}) > 1:
+        raise AlignmentError("The parents do not have the same layers; balance them to equal depth first "
+                             "(they must be of the same family).")
+    if len({(p.input_shape, p.num_classes) for p in parents}) > 1:
+        raise AlignmentError("The parents disagree on input shape or classes; fuse models trained on the same dataset.")
+    writers: dict[str, int] = {}
+    for layer in views[0].layers:
+        if layer.out_group is not None:
+            writers[layer.out_group] = writers.get(layer.out_group, 0) + 1
+    if parents[0].spec.family == "resnet" or any(count > 1 for count in writers.values()):
+        raise FusionError("Neuron interpolation does not support residual networks yet; use --method ot.")
+    if len(inputs) != len(labels):
+        raise AlignmentError(f"The fusion batch has {len(inputs)} inputs but {len(labels)} labels; give one label per input.")
+    if len(inputs) < MIN_SAMPLES:
+        raise FusionError(f"Neuron interpolation needs a fusion batch of at least {MIN_SAMPLES} samples "
+                          f"(got {len(inputs)}); choose a larger fusion size, e.g. 1000.")
+    for module in parents[0].modules():
+        if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"):
+            raise FusionError("Neuron interpolation supports only plain convolutions (groups = 1, zero padding); use --method ot.")
+
+
+# ------------------------------------------------------------------------------------- the method
+
+
+def interpolation_fuse(parents: list[nn.Module], reference: int, weights: list[float], inputs: torch.Tensor,
+                       labels: torch.Tensor, options: InterpOptions = InterpOptions()) -> InterpResult:
+    """Fuse N balanced parents by neuron interpolation (see the module docstring for the maths).
+
+    Parameters
+    ----------
+    parents : models with the same layers (same family and depth; widths may differ)
+    reference : index of the parent whose architecture and widths the fused model takes
+    weights : per-parent fusion weights (non-negative, sum 1); they scale the importance scores, and a
+        parent with weight 0 takes no part
+    inputs, labels : the labelled fusion batch (training/validation data, never test; see
+        :func:`fusion_batch`); the first ``options.fusion_size`` samples are used
+    options : :class:`InterpOptions`
+
+    Returns
+    -------
+    InterpResult
+        The fused model (a deep copy of ``parents[reference]`` with its weights overwritten), the
+        grouping of every transport group per parent, per-layer diagnostics and warnings.
+    """
+    _check_parents(parents, reference, weights, inputs, labels)
+    if options.grouping == "hungarian" and sum(w > 0 for w in weights) != 2:
+        raise AlignmentError("The Hungarian grouping matches exactly two parents (with positive weights); "
+                             "use K-means for other numbers.")
+    inputs, labels = inputs[:options.fusion_size], labels[:options.fusion_size]
+    samples = len(inputs)
+    active = [k for k, w in enumerate(weights) if w > 0]
+    view = model_view(parents[reference])
+    fused = copy.deepcopy(parents[reference])
+    importance = {k: _importances(parents[k], inputs, labels, options.importance, weights[k]) for k in active}
+    generator = torch.Generator().manual_seed(options.seed)
+    held_samples = torch.zeros(samples, dtype=torch.bool)
+    held_samples[torch.randperm(samples, generator=generator)[:max(1, round(HOLDOUT_FRACTION * samples))]] = True
+    result = InterpResult(fused)
+    memberships: dict[str, list[torch.Tensor | None]] = {}
+    largest_fan_in = (0, "")
+    for layer in view.layers:
+        start = time.perf_counter()
+        module = fused.get_submodule(layer.name)
+        point = layer.bn or layer.name
+        outputs = {k: record_outputs(parents[k], inputs, {point})[point] for k in active}
+        sample_map = next(iter(outputs.values()))
+        positions = sample_map.shape[2] * sample_map.shape[3] if sample_map.dim() == 4 else 1
+        has_bias = module.bias is not None or layer.bn is not None
+        fan_in = module.weight[0].numel() + has_bias
+        largest_fan_in = max(largest_fan_in, (fan_in, layer.name))
+        total_rows = samples * positions
+        rows = min(total_rows, max(MAX_DESIGN_ELEMENTS // fan_in, samples))
+        index = (torch.arange(total_rows) if rows == total_rows
+                 else torch.randperm(total_rows, generator=generator)[:rows].sort().values)
+        x = _layer_inputs(fused, inputs, layer.name)
+        design = _design_rows(x, module, index.to(x.device), positions).double()
+        if has_bias:
+            design = torch.cat([design, torch.ones(len(design), 1, dtype=design.dtype, device=design.device)], 1)
+        targets = torch.cat([_output_rows(outputs[k], index.to(outputs[k].device)).double() for k in active], 1)
+        previous = memberships.get(layer.in_group) if layer.in_group is not None else None
+        prior = torch.cat([_prior(parents[k], layer, None if previous is None else previous[k]) for k in active], 1)
+        widths = [outputs[k].shape[1] for k in active]
+        clusters = module.weight.shape[0]
+        if layer.out_group is None:
+            scores = torch.cat([torch.full((w,), weights[k] / w, dtype=torch.float64) for k, w in zip(active, widths)])
+        else:
+            scores = torch.cat([importance[k][layer.name] for k in active])
+        scores = scores.to(design.device)
+        fit = ridge_fit(design, targets, prior.to(design.device), scores, options.ridge, held_samples[index // positions].to(design.device))
+        offsets = np.cumsum([0, *widths])
+        if layer.out_group is None:
+            grouping = Grouping(torch.cat([torch.arange(w, device=design.device) for w in widths]), float("nan"))
+        else:
+            fits, projections, outside = _coordinates(fit, design, targets)
+            if options.grouping == "hungarian":
+                ref_position = active.index(reference) if reference in active else 0
+                spans = [torch.arange(offsets[i], offsets[i + 1], device=design.device) for i in range(2)]
+                grouping = one_to_one(fits, projections, outside, scores, spans[ref_position], spans[1 - ref_position])
+            else:
+                grouping = weighted_kmeans(fits, projections, outside, scores, clusters, options.restarts,
+                                           options.iterations, options.seed)
+        centres = _centres(fit.weights.T, scores, grouping.labels, clusters)
+        _write_layer(fused, layer, centres, design, has_bias)
+        fitted = design @ fit.weights
+        mean_target = targets @ _mixer(grouping.labels, scores, clusters)
+        diagnostics = {
+            "layer": layer.name, "group": layer.out_group, "rows": len(design), "fan_in": fan_in,
+            "ridge": fit.ridge, "ridge_lambda": fit.lam,
+            "fit_residual": _relative(fitted - targets, targets),
+            "fused_residual": _relative(design @ centres.T - mean_target, mean_target),
+            "seconds": time.perf_counter() - start,
+        }
+        if layer.out_group is not None:
+            members = [torch.nn.functional.one_hot(grouping.labels[offsets[i]:offsets[i + 1]].clamp_min(0), clusters)
+                       .double() * (grouping.labels[offsets[i]:offsets[i + 1]] >= 0)[:, None] for i in range(len(active))]
+            per_parent: list[torch.Tensor | None] = [None] * len(parents)
+            for i, k in enumerate(active):
+                per_parent[k] = members[i]
+            memberships[layer.out_group] = per_parent
+            result.membership[layer.out_group] = [
+                (m.cpu().numpy() if m is not None else np.zeros((parents[k].get_submodule(layer.name).weight.shape[0],
+                                                                 clusters))) for k, m in enumerate(per_parent)]
+            result.importance[layer.out_group] = [
+                importance[k][layer.name].numpy() if k in importance
+                else np.zeros(parents[k].get_submodule(layer.name).weight.shape[0]) for k in range(len(parents))]
+            sizes = torch.bincount(grouping.labels[grouping.labels >= 0], minlength=clusters)
+            diagnostics.update(cluster_sizes=sizes.tolist(), grouping_cost=grouping.cost, converged=grouping.converged,
+                               mixed_groups=int(sum(((m.sum(0) > 0).long() for m in members)).gt(1).sum()))
+        result.diagnostics.append(diagnostics)
+    if samples < largest_fan_in[0]:
+        result.warnings.append(f"The fusion batch has {samples} samples, fewer than the fan-in of {largest_fan_in[1]} "
+                               f"({largest_fan_in[0]}): the fit leans on the ridge there; use at least that many samples.")
+    return result
+
+
+def _mixer(labels: torch.Tensor, importance: torch.Tensor, clusters: int) -> torch.Tensor:
+    """(M × k) matrix taking the targets to each group's importance-weighted mean target."""
+    kept = labels >= 0
+    mixer = torch.zeros(len(labels), clusters, dtype=importance.dtype, device=importance.device)
+    mixer[kept.nonzero().flatten(), labels[kept]] = importance[kept]
+    return mixer / mixer.sum(0).clamp_min(1e-300)
+
+
+def _relative(residual: torch.Tensor, reference: torch.Tensor) -> float:
+    """‖residual‖_F / ‖reference − its column means‖_F (0 when the reference is constant)."""
+    spread = (reference - reference.mean(0)).norm()
+    return float(residual.norm() / spread) if spread > 0 else 0.0
