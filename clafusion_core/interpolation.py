@@ -319,10 +319,10 @@ def _centres(fits: torch.Tensor, importance: torch.Tensor, labels: torch.Tensor,
     return sums / mass.clamp_min(1e-300)[:, None]
 
 
-def _squared_distances(centres: torch.Tensor, targets: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
-    """``‖t̄_c − u_j‖² + ‖a_j⊥‖²`` for every centre c (rows) and neuron j (columns)."""
-    cross = centres @ targets.T
-    squared = centres.pow(2).sum(1)[:, None] - 2 * cross + targets.pow(2).sum(1)[None, :] + outside[None, :]
+def _squared_distances(centres: torch.Tensor, targets: torch.Tensor, target_norms: torch.Tensor) -> torch.Tensor:
+    """``‖t̄_c − u_j‖² + ‖a_j⊥‖²`` for every centre c (rows) and neuron j (columns), given
+    ``target_norms = ‖u_j‖² + ‖a_j⊥‖² = ‖a_j‖²``."""
+    squared = centres.pow(2).sum(1)[:, None] - 2 * (centres @ targets.T) + target_norms[None, :]
     return squared.clamp_min(0)
 
 
@@ -331,7 +331,7 @@ def _cost(squared: torch.Tensor, labels: torch.Tensor, importance: torch.Tensor)
     return float((importance[kept] * squared[labels[kept], kept.nonzero().flatten()].sqrt()).sum())
 
 
-def _farthest_point_labels(fits, targets, outside, importance, clusters, first) -> torch.Tensor:
+def _farthest_point_labels(fits, targets, target_norms, importance, clusters, first) -> torch.Tensor:
     """Seeds: neuron ``first``, then repeatedly the neuron with the largest s_j · distance to its nearest
     seed; every neuron is labelled with its nearest seed."""
     chosen = torch.zeros(len(fits), dtype=torch.bool, device=fits.device)
@@ -340,7 +340,7 @@ def _farthest_point_labels(fits, targets, outside, importance, clusters, first) 
     seed = first
     for c in range(clusters):
         chosen[seed] = True
-        distance = _squared_distances(fits[seed:seed + 1], targets, outside)[0]
+        distance = _squared_distances(fits[seed:seed + 1], targets, target_norms)[0]
         closer = distance < nearest
         labels[closer], nearest[closer] = c, distance[closer]
         score = importance * nearest.sqrt()
@@ -382,6 +382,7 @@ def weighted_kmeans(fits: torch.Tensor, targets: torch.Tensor, outside: torch.Te
         raise FusionError(f"There are {len(fits)} neurons to group into {clusters}; choose the wider parent as the "
                           "reference or give every parent a positive weight.")
     importance = importance.to(fits)
+    target_norms = targets.pow(2).sum(1) + outside
     best: Grouping | None = None
     global_mean = (importance[:, None] * fits).sum(0, keepdim=True) / importance.sum()
     for restart in range(restarts):
@@ -390,18 +391,18 @@ def weighted_kmeans(fits: torch.Tensor, targets: torch.Tensor, outside: torch.Te
         else:
             generator = torch.Generator().manual_seed(seed + restart)
             first = int(torch.multinomial((importance / importance.sum()).cpu().float(), 1, generator=generator))
-        labels = _farthest_point_labels(fits, targets, outside, importance, clusters, first)
-        squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, outside)
+        labels = _farthest_point_labels(fits, targets, target_norms, importance, clusters, first)
+        squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, target_norms)
         labels = _refill(labels, squared, importance, clusters)
         converged = False
         for _ in range(iterations):
-            squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, outside)
+            squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, target_norms)
             updated = _refill(squared.argmin(0), squared, importance, clusters)
             if torch.equal(updated, labels):
                 converged = True
                 break
             labels = updated
-        squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, outside)
+        squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, target_norms)
         candidate = Grouping(labels, _cost(squared, labels, importance), converged)
         if best is None or candidate.cost < best.cost:
             best = candidate
@@ -436,7 +437,7 @@ def one_to_one(fits: torch.Tensor, targets: torch.Tensor, outside: torch.Tensor,
     labels[reference] = torch.arange(len(reference), device=fits.device)
     labels[other[torch.as_tensor(cols, device=fits.device)]] = torch.as_tensor(rows, device=fits.device)
     clusters = len(reference)
-    squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, outside)
+    squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, targets.pow(2).sum(1) + outside)
     return Grouping(labels, _cost(squared, labels, importance))
 
 
