@@ -383,21 +383,23 @@ def weighted_kmeans(fits: torch.Tensor, targets: torch.Tensor, outside: torch.Te
                           "reference or give every parent a positive weight.")
     importance = importance.to(fits)
     target_norms = targets.pow(2).sum(1) + outside
+    # Lloyd runs in float32 (twice as fast; an argmin does not need more), the cost is scored in float64
+    fits32, targets32, norms32, importance32 = (v.float() for v in (fits, targets, target_norms, importance))
+    global_mean = (importance32[:, None] * fits32).sum(0, keepdim=True) / importance32.sum()
     best: Grouping | None = None
-    global_mean = (importance[:, None] * fits).sum(0, keepdim=True) / importance.sum()
     for restart in range(restarts):
         if restart == 0:
-            first = int((importance * (fits - global_mean).pow(2).sum(1).sqrt()).argmax())
+            first = int((importance32 * (fits32 - global_mean).pow(2).sum(1).sqrt()).argmax())
         else:
             generator = torch.Generator().manual_seed(seed + restart)
-            first = int(torch.multinomial((importance / importance.sum()).cpu().float(), 1, generator=generator))
-        labels = _farthest_point_labels(fits, targets, target_norms, importance, clusters, first)
-        squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, target_norms)
-        labels = _refill(labels, squared, importance, clusters)
+            first = int(torch.multinomial((importance32 / importance32.sum()).cpu(), 1, generator=generator))
+        labels = _farthest_point_labels(fits32, targets32, norms32, importance32, clusters, first)
+        squared = _squared_distances(_centres(fits32, importance32, labels, clusters), targets32, norms32)
+        labels = _refill(labels, squared, importance32, clusters)   # a seed may sit nearer another seed
         converged = False
         for _ in range(iterations):
-            squared = _squared_distances(_centres(fits, importance, labels, clusters), targets, target_norms)
-            updated = _refill(squared.argmin(0), squared, importance, clusters)
+            squared = _squared_distances(_centres(fits32, importance32, labels, clusters), targets32, norms32)
+            updated = _refill(squared.argmin(0), squared, importance32, clusters)
             if torch.equal(updated, labels):
                 converged = True
                 break
