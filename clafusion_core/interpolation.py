@@ -590,94 +590,118 @@ def interpolation_fuse(parents: list[nn.Module], reference: int, weights: list[f
         grouping of every transport group per parent, per-layer diagnostics and warnings.
     """
     _check_parents(parents, reference, weights, inputs, labels)
-    if options.grouping == "hungarian" and sum(w > 0 for w in weights) != 2:
-        raise AlignmentError("The Hungarian grouping matches exactly two parents (with positive weights); "
+    if options.grouping == "hungarian" and (len(parents) != 2 or min(weights) <= 0):
+        raise AlignmentError("The Hungarian grouping matches exactly two parents with positive weights; "
                              "use K-means for other numbers.")
     inputs, labels = inputs[:options.fusion_size], labels[:options.fusion_size]
-    samples = len(inputs)
     active = [k for k, w in enumerate(weights) if w > 0]
-    view = model_view(parents[reference])
-    fused = copy.deepcopy(parents[reference])
     importance = {k: _importances(parents[k], inputs, labels, options.importance, weights[k]) for k in active}
     generator = torch.Generator().manual_seed(options.seed)
-    held_samples = torch.zeros(samples, dtype=torch.bool)
-    held_samples[torch.randperm(samples, generator=generator)[:max(1, round(HOLDOUT_FRACTION * samples))]] = True
+    held_samples = torch.zeros(len(inputs), dtype=torch.bool)
+    held_samples[torch.randperm(len(inputs), generator=generator)[:max(1, round(HOLDOUT_FRACTION * len(inputs)))]] = True
+    fused = copy.deepcopy(parents[reference])
     result = InterpResult(fused)
-    memberships: dict[str, list[torch.Tensor | None]] = {}
-    largest_fan_in = (0, "")
-    for layer in view.layers:
+    memberships: dict[str, dict[int, torch.Tensor]] = {}   # group -> active parent -> (n_k × n_fused)
+    for layer in model_view(fused).layers:
         start = time.perf_counter()
-        module = fused.get_submodule(layer.name)
-        point = layer.bn or layer.name
-        outputs = {k: record_outputs(parents[k], inputs, {point})[point] for k in active}
-        sample_map = next(iter(outputs.values()))
-        positions = sample_map.shape[2] * sample_map.shape[3] if sample_map.dim() == 4 else 1
-        has_bias = module.bias is not None or layer.bn is not None
-        fan_in = module.weight[0].numel() + has_bias
-        largest_fan_in = max(largest_fan_in, (fan_in, layer.name))
-        total_rows = samples * positions
-        rows = min(total_rows, max(MAX_DESIGN_ELEMENTS // fan_in, samples))
-        index = (torch.arange(total_rows) if rows == total_rows
-                 else torch.randperm(total_rows, generator=generator)[:rows].sort().values)
-        x = _layer_inputs(fused, inputs, layer.name)
-        design = _design_rows(x, module, index.to(x.device), positions).double()
-        if has_bias:
-            design = torch.cat([design, torch.ones(len(design), 1, dtype=design.dtype, device=design.device)], 1)
-        targets = torch.cat([_output_rows(outputs[k], index.to(outputs[k].device)).double() for k in active], 1)
-        previous = memberships.get(layer.in_group) if layer.in_group is not None else None
-        prior = torch.cat([_prior(parents[k], layer, None if previous is None else previous[k]) for k in active], 1)
-        widths = [outputs[k].shape[1] for k in active]
-        clusters = module.weight.shape[0]
-        if layer.out_group is None:
-            scores = torch.cat([torch.full((w,), weights[k] / w, dtype=torch.float64) for k, w in zip(active, widths)])
+        previous = memberships[layer.in_group] if layer.in_group is not None else {}
+        if layer.out_group is None:   # logits: parent weight per class
+            scores = {k: torch.full((fused.num_classes,), weights[k] / fused.num_classes, dtype=torch.float64)
+                      for k in active}
         else:
-            scores = torch.cat([importance[k][layer.name] for k in active])
-        scores = scores.to(design.device)
-        fit = ridge_fit(design, targets, prior.to(design.device), scores, options.ridge, held_samples[index // positions].to(design.device))
-        offsets = np.cumsum([0, *widths])
-        if layer.out_group is None:
-            grouping = Grouping(torch.cat([torch.arange(w, device=design.device) for w in widths]), float("nan"))
-        else:
-            fits, projections, outside = _coordinates(fit, design, targets)
-            if options.grouping == "hungarian":
-                ref_position = active.index(reference) if reference in active else 0
-                spans = [torch.arange(offsets[i], offsets[i + 1], device=design.device) for i in range(2)]
-                grouping = one_to_one(fits, projections, outside, scores, spans[ref_position], spans[1 - ref_position])
-            else:
-                grouping = weighted_kmeans(fits, projections, outside, scores, clusters, options.restarts,
-                                           options.iterations, options.seed)
-        centres = _centres(fit.weights.T, scores, grouping.labels, clusters)
-        _write_layer(fused, layer, centres, design, has_bias)
-        fitted = design @ fit.weights
-        mean_target = targets @ _mixer(grouping.labels, scores, clusters)
+            scores = {k: importance[k][layer.name] for k in active}
+        problem = _layer_problem(fused, [parents[k] for k in active], layer, inputs, [previous.get(k) for k in active],
+                                 torch.cat([scores[k] for k in active]), held_samples, generator)
+        fit = ridge_fit(problem.design, problem.targets, problem.prior, problem.importance, options.ridge,
+                        problem.holdout)
+        grouping = _group(problem, fit, layer, options, active.index(reference) if reference in active else None)
+        clusters = problem.clusters
+        centres = _centres(fit.weights.T, problem.importance, grouping.labels, clusters)
+        _write_layer(fused, layer, centres, problem.design, problem.has_bias)
+        mean_target = problem.targets @ _mixer(grouping.labels, problem.importance, clusters)
         diagnostics = {
-            "layer": layer.name, "group": layer.out_group, "rows": len(design), "fan_in": fan_in,
-            "ridge": fit.ridge, "ridge_lambda": fit.lam,
-            "fit_residual": _relative(fitted - targets, targets),
-            "fused_residual": _relative(design @ centres.T - mean_target, mean_target),
-            "seconds": time.perf_counter() - start,
+            "layer": layer.name, "group": layer.out_group, "rows": len(problem.design),
+            "fan_in": problem.design.shape[1], "ridge": fit.ridge, "ridge_lambda": fit.lam,
+            "fit_residual": _relative(problem.design @ fit.weights - problem.targets, problem.targets),
+            "fused_residual": _relative(problem.design @ centres.T - mean_target, mean_target),
         }
         if layer.out_group is not None:
-            members = [torch.nn.functional.one_hot(grouping.labels[offsets[i]:offsets[i + 1]].clamp_min(0), clusters)
-                       .double() * (grouping.labels[offsets[i]:offsets[i + 1]] >= 0)[:, None] for i in range(len(active))]
-            per_parent: list[torch.Tensor | None] = [None] * len(parents)
-            for i, k in enumerate(active):
-                per_parent[k] = members[i]
-            memberships[layer.out_group] = per_parent
+            labels_per_parent = torch.split(grouping.labels, problem.widths)
+            members = {k: F.one_hot(lab.clamp_min(0), clusters).double() * (lab >= 0)[:, None]
+                       for k, lab in zip(active, labels_per_parent)}
+            memberships[layer.out_group] = members
+            widths = [p.get_submodule(layer.name).weight.shape[0] for p in parents]
             result.membership[layer.out_group] = [
-                (m.cpu().numpy() if m is not None else np.zeros((parents[k].get_submodule(layer.name).weight.shape[0],
-                                                                 clusters))) for k, m in enumerate(per_parent)]
+                members[k].cpu().numpy() if k in members else np.zeros((widths[k], clusters)) for k in range(len(parents))]
             result.importance[layer.out_group] = [
-                importance[k][layer.name].numpy() if k in importance
-                else np.zeros(parents[k].get_submodule(layer.name).weight.shape[0]) for k in range(len(parents))]
-            sizes = torch.bincount(grouping.labels[grouping.labels >= 0], minlength=clusters)
-            diagnostics.update(cluster_sizes=sizes.tolist(), grouping_cost=grouping.cost, converged=grouping.converged,
-                               mixed_groups=int(sum(((m.sum(0) > 0).long() for m in members)).gt(1).sum()))
+                scores[k].cpu().numpy() if k in scores else np.zeros(widths[k]) for k in range(len(parents))]
+            parents_per_group = sum((m.sum(0) > 0).long() for m in members.values())
+            diagnostics.update(cluster_sizes=torch.bincount(grouping.labels[grouping.labels >= 0], minlength=clusters).tolist(),
+                               grouping_cost=grouping.cost, converged=grouping.converged,
+                               mixed_groups=int((parents_per_group > 1).sum()))
+        diagnostics["seconds"] = time.perf_counter() - start
         result.diagnostics.append(diagnostics)
-    if samples < largest_fan_in[0]:
-        result.warnings.append(f"The fusion batch has {samples} samples, fewer than the fan-in of {largest_fan_in[1]} "
-                               f"({largest_fan_in[0]}): the fit leans on the ridge there; use at least that many samples.")
+    fan_in, name = max((d["fan_in"], d["layer"]) for d in result.diagnostics)
+    if len(inputs) < fan_in:
+        result.warnings.append(f"The fusion batch has {len(inputs)} samples, fewer than the fan-in of {name} ({fan_in}): "
+                               "there the fit leans on the parents' weights; use at least that many samples.")
     return result
+
+
+@dataclass
+class _LayerProblem:
+    """One layer's fit: design Z (R × d), targets A (R × M), prior W⁰ (d × M), importance s (M,), the
+    active parents' widths, the held-out rows, whether Z has the ones column, and F's width."""
+
+    design: torch.Tensor
+    targets: torch.Tensor
+    prior: torch.Tensor
+    importance: torch.Tensor
+    widths: list[int]
+    holdout: torch.Tensor
+    has_bias: bool
+    clusters: int
+
+
+def _layer_problem(fused: nn.Module, parents: list[nn.Module], layer: WeightLayer, inputs: torch.Tensor,
+                   memberships_in: list[torch.Tensor | None], importance: torch.Tensor, held_samples: torch.Tensor,
+                   generator: torch.Generator) -> _LayerProblem:
+    """Z from the current fused model, A and W⁰ from the parents, for one layer (steps 1–2 and the prior)."""
+    module = fused.get_submodule(layer.name)
+    point = layer.bn or layer.name
+    outputs = [record_outputs(parent, inputs, {point})[point] for parent in parents]
+    positions = outputs[0].shape[2] * outputs[0].shape[3] if outputs[0].dim() == 4 else 1
+    has_bias = module.bias is not None or layer.bn is not None
+    fan_in = module.weight[0].numel() + has_bias
+    total = len(inputs) * positions
+    rows = min(total, max(MAX_DESIGN_ELEMENTS // fan_in, len(inputs)))
+    index = torch.arange(total) if rows == total else torch.randperm(total, generator=generator)[:rows].sort().values
+    x = _layer_inputs(fused, inputs, layer.name)
+    device = x.device
+    index = index.to(device)
+    design = _design_rows(x, module, index, positions).double()
+    if has_bias:
+        design = torch.cat([design, torch.ones(len(design), 1, dtype=design.dtype, device=device)], 1)
+    targets = torch.cat([_output_rows(out, index).double() for out in outputs], 1)
+    prior = torch.cat([_prior(parent, layer, m) for parent, m in zip(parents, memberships_in)], 1).to(device)
+    return _LayerProblem(design, targets, prior, importance.to(device), [out.shape[1] for out in outputs],
+                         held_samples.to(device)[index // positions], has_bias, module.weight.shape[0])
+
+
+def _group(problem: _LayerProblem, fit: RidgeFit, layer: WeightLayer, options: InterpOptions,
+           reference: int | None) -> Grouping:
+    """Step 4: which fused neuron each parent neuron goes to (logits: class i of every parent → i).
+
+    ``reference`` is the reference's position among the active parents (None when it takes no part)."""
+    device = problem.design.device
+    if layer.out_group is None:
+        return Grouping(torch.cat([torch.arange(w, device=device) for w in problem.widths]), float("nan"))
+    fits, projections, outside = _coordinates(fit, problem.design, problem.targets)
+    if options.grouping == "hungarian":
+        spans = torch.split(torch.arange(len(fits), device=device), problem.widths)
+        return one_to_one(fits, projections, outside, problem.importance, spans[reference], spans[1 - reference])
+    return weighted_kmeans(fits, projections, outside, problem.importance, problem.clusters, options.restarts,
+                           options.iterations, options.seed)
 
 
 def _mixer(labels: torch.Tensor, importance: torch.Tensor, clusters: int) -> torch.Tensor:
