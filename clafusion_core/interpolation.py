@@ -7,7 +7,9 @@ For each weight layer ℓ in forward order:
 1. **Design** ``Z ∈ R^{R×d}``: the inputs of layer ℓ in the *current* F on D (the layers below ℓ are
    already fused, so their errors are compensated here), plus a column of ones when the layer has a
    bias or a BatchNorm. A conv gives one row per (sample, output position): its im2col patch; rows are
-   subsampled so that ``R·d`` stays below :data:`MAX_DESIGN_ELEMENTS`.
+   subsampled at random to at most :data:`ROWS_PER_COLUMN` per column of Z (and ``R·d`` below
+   :data:`MAX_DESIGN_ELEMENTS`), never below one per sample: on the digits CNN pair more rows cost
+   time without fusing better.
 2. **Targets** ``A = [A_1 | … | A_K] ∈ R^{R×M}``: every parent's own pre-activations of ℓ on D, one
    column per parent neuron. With BatchNorm the target is the BatchNorm's output, i.e. the BatchNorm is
    folded into the layer for the fit.
@@ -61,7 +63,6 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .activations import record_outputs
 from .data import DataSplits
 from .errors import AlignmentError, FusionError
 from .layers import WeightLayer, model_view
@@ -72,6 +73,7 @@ IMPORTANCES = ("uniform", "conductance")
 RIDGE_GRID = (0.0, *(float(v) for v in 10.0 ** np.arange(-6.0, 0.25, 0.5)))  # relative ridges tried
 HOLDOUT_FRACTION = 0.2          # share of the fusion batch's samples that chooses the ridge
 MAX_DESIGN_ELEMENTS = 1 << 24   # R·d bound of a layer's design matrix (128 MiB in float64)
+ROWS_PER_COLUMN = 16            # a conv keeps at most this many design rows per column of Z
 MIN_SAMPLES = 5
 _EIGEN_CUTOFF = 1e-10           # eigenvalues below this share of the largest count as zero
 
@@ -220,8 +222,8 @@ class RidgeFit:
     holdout_errors: dict[float, float] = field(default_factory=dict)
 
 
-def _eigen(design: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    e, v = torch.linalg.eigh(design.T @ design)
+def _eigen(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    e, v = torch.linalg.eigh(gram)
     return e.clamp_min(0), v
 
 
@@ -265,7 +267,9 @@ def ridge_fit(design: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor,
         weight = (torch.ones(targets.shape[1], dtype=torch.float64, device=targets.device) if importance is None
                   else importance.double().to(targets.device))
         train_z, held_z = design[~holdout], design[holdout]
-        e, v = _eigen(train_z)
+        train_gram = train_z.T @ train_z
+        gram = train_gram + held_z.T @ held_z
+        e, v = _eigen(train_gram)
         scale = float(e.sum()) / d
         projected = held_z @ v                                                  # Z_h V
         coefficients = v.T @ (train_z.T @ (targets[~holdout] - train_z @ prior))  # Vᵀ Z_tᵀ (A_t − Z_t W⁰)
@@ -274,7 +278,9 @@ def ridge_fit(design: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor,
             residual = base - projected @ (_inverse_spectrum(e, rho * scale)[:, None] * coefficients)
             errors[rho] = float((residual.pow(2).sum(0) * weight).sum())
         ridge = min(errors, key=errors.get)
-    e, v = _eigen(design)
+    else:
+        gram = design.T @ design
+    e, v = _eigen(gram)
     lam = ridge * float(e.sum()) / d
     update = v @ (_inverse_spectrum(e, lam)[:, None] * (v.T @ (design.T @ (targets - design @ prior))))
     return RidgeFit(prior + update, float(ridge), lam, e, v, errors)
@@ -293,7 +299,7 @@ def _coordinates(fit: RidgeFit, design: torch.Tensor, targets: torch.Tensor
     root = e[keep].sqrt()
     basis = v[:, keep]
     fits = (fit.weights.T @ basis) * root
-    projections = (targets.double().T @ (design.double() @ basis)) / root
+    projections = ((design.double().T @ targets.double()).T @ basis) / root
     outside = (targets.double().pow(2).sum(0) - projections.pow(2).sum(1)).clamp_min(0)
     return fits, projections, outside
 
@@ -472,44 +478,88 @@ def _prior(model: nn.Module, layer: WeightLayer, membership: torch.Tensor | None
     return weight.T
 
 
-def _layer_inputs(model: nn.Module, inputs: torch.Tensor, name: str, batch_size: int = 1024) -> torch.Tensor:
-    """What the named module receives on ``inputs`` (eval mode)."""
-    chunks: list[torch.Tensor] = []
-    handle = model.get_submodule(name).register_forward_pre_hook(lambda _m, args: chunks.append(args[0].detach()))
+@dataclass(frozen=True)
+class _Tap:
+    """Rows ``index`` (sorted, over samples × positions) of a module's output, or of its input as the
+    layer reads it (a Linear's input vector; a Conv2d's im2col patch, channel-major like
+    ``weight.reshape(out, -1)``)."""
+
+    module: str
+    side: str          # "input" or "output"
+    index: torch.Tensor
+    positions: int
+
+
+def _tap_rows(tensor: torch.Tensor, module: nn.Module, tap: _Tap, start: int) -> torch.Tensor:
+    """The rows of ``tap`` inside one batch whose first sample is number ``start``."""
+    lo, hi = torch.searchsorted(tap.index, torch.tensor([start * tap.positions, (start + len(tensor)) * tap.positions],
+                                                        device=tap.index.device)).tolist()
+    local = tap.index[lo:hi] - start * tap.positions
+    if tap.side == "input" and isinstance(module, nn.Conv2d):
+        patches = F.unfold(tensor, module.kernel_size, module.dilation, module.padding, module.stride)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])[local]
+    if tensor.dim() == 4:
+        return tensor.permute(0, 2, 3, 1).reshape(-1, tensor.shape[1])[local]
+    return tensor.flatten(1)[local]
+
+
+@torch.no_grad()
+def _record_rows(model: nn.Module, inputs: torch.Tensor, taps: dict[str, _Tap], batch_size: int) -> dict[str, torch.Tensor]:
+    """One eval-mode pass of ``inputs`` in batches, keeping only the rows each tap selects (bounded memory)."""
+    rows: dict[str, list[torch.Tensor]] = {name: [] for name in taps}
+    start = 0
+
+    def hook(name: str, module: nn.Module, tensor: torch.Tensor) -> None:
+        rows[name].append(_tap_rows(tensor.detach(), module, taps[name], start))
+
+    handles = []
+    for name, tap in taps.items():
+        module = model.get_submodule(tap.module)
+        if tap.side == "input":
+            handles.append(module.register_forward_pre_hook(lambda m, args, name=name: hook(name, m, args[0])))
+        else:
+            handles.append(module.register_forward_hook(lambda m, _args, out, name=name: hook(name, m, out)))
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            for start in range(0, len(inputs), batch_size):
-                model(inputs[start:start + batch_size])
+        for start in range(0, len(inputs), batch_size):
+            model(inputs[start:start + batch_size])
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
-    return torch.cat(chunks)
+    return {name: torch.cat(parts) for name, parts in rows.items()}
 
 
-def _design_rows(x: torch.Tensor, module: nn.Module, index: torch.Tensor, positions: int,
-                 batch_size: int = 64) -> torch.Tensor:
-    """Rows ``index`` of the layer's input matrix: samples for a Linear, im2col patches (sample-major,
-    then output position, channel-major like ``weight.reshape(out, -1)``) for a Conv2d."""
-    if not isinstance(module, nn.Conv2d):
-        return x.flatten(1)[index]
-    rows = []
-    for start in range(0, len(x), batch_size):
-        lo, hi = torch.searchsorted(index, torch.tensor([start * positions, (start + batch_size) * positions],
-                                                        device=index.device)).tolist()
-        if hi > lo:
-            patches = F.unfold(x[start:start + batch_size], module.kernel_size, module.dilation, module.padding,
-                               module.stride)
-            flat = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-            rows.append(flat[index[lo:hi] - start * positions])
-    return torch.cat(rows)
+def _row_plan(model: nn.Module, layers: list[WeightLayer], samples: int, generator: torch.Generator
+              ) -> dict[str, tuple[torch.Tensor, int]]:
+    """Per layer, the design rows used (sorted indices over samples × output positions) and the
+    positions per sample: all rows, or a random subset when a conv has many positions (at least one
+    row per sample, at most ``min(MAX_DESIGN_ELEMENTS / d, ROWS_PER_COLUMN · d)``)."""
+    shapes: dict[str, torch.Size] = {}
+    handles = [model.get_submodule(layer.name).register_forward_hook(
+        lambda _m, _i, out, name=layer.name: shapes.__setitem__(name, out.shape)) for layer in layers]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *model.input_shape, device=next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    plan = {}
+    for layer in layers:
+        module = model.get_submodule(layer.name)
+        fan_in = module.weight[0].numel() + (module.bias is not None or layer.bn is not None)
+        positions = shapes[layer.name][2] * shapes[layer.name][3] if len(shapes[layer.name]) == 4 else 1
+        total = samples * positions
+        rows = min(total, max(samples, min(MAX_DESIGN_ELEMENTS // fan_in, ROWS_PER_COLUMN * fan_in)))
+        index = torch.arange(total) if rows == total else torch.randperm(total, generator=generator)[:rows].sort().values
+        plan[layer.name] = (index, positions)
+    return plan
 
 
-def _output_rows(out: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``index`` of a layer's output as [samples·positions, neurons]."""
-    flat = out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]) if out.dim() == 4 else out
-    return flat[index]
+def _batch_size(tap_width: int, positions: int) -> int:
+    """Samples per forward batch so that one batch's rows hold about 2^24 numbers."""
+    return max(1, min(1024, (1 << 24) // max(1, tap_width * positions)))
 
 
 @torch.no_grad()
@@ -554,6 +604,10 @@ def _check_parents(parents: list[nn.Module], reference: int, weights: list[float
     for layer in views[0].layers:
         if layer.out_group is not None:
             writers[layer.out_group] = writers.get(layer.out_group, 0) + 1
+    for layer in views[0].layers:
+        if len({(p.get_submodule(layer.name).bias is None, layer.bn is None) for p in parents}) > 1:
+            raise AlignmentError(f"The parents disagree on whether {layer.name} has a bias; fuse models of one kind "
+                                 "(all with biases or all without).")
     if parents[0].spec.family == "resnet" or any(count > 1 for count in writers.values()):
         raise FusionError("Neuron interpolation does not support residual networks yet; use --method ot.")
     if len(inputs) != len(labels):
@@ -600,9 +654,12 @@ def interpolation_fuse(parents: list[nn.Module], reference: int, weights: list[f
     held_samples = torch.zeros(len(inputs), dtype=torch.bool)
     held_samples[torch.randperm(len(inputs), generator=generator)[:max(1, round(HOLDOUT_FRACTION * len(inputs)))]] = True
     fused = copy.deepcopy(parents[reference])
+    layers = model_view(fused).layers
+    plan = _row_plan(fused, layers, len(inputs), generator)
+    targets = {k: _parent_targets(parents[k], layers, inputs, plan) for k in active}
     result = InterpResult(fused)
     memberships: dict[str, dict[int, torch.Tensor]] = {}   # group -> active parent -> (n_k × n_fused)
-    for layer in model_view(fused).layers:
+    for layer in layers:
         start = time.perf_counter()
         previous = memberships[layer.in_group] if layer.in_group is not None else {}
         if layer.out_group is None:   # logits: parent weight per class
@@ -610,8 +667,9 @@ def interpolation_fuse(parents: list[nn.Module], reference: int, weights: list[f
                       for k in active}
         else:
             scores = {k: importance[k][layer.name] for k in active}
-        problem = _layer_problem(fused, [parents[k] for k in active], layer, inputs, [previous.get(k) for k in active],
-                                 torch.cat([scores[k] for k in active]), held_samples, generator)
+        problem = _layer_problem(fused, [parents[k] for k in active], layer, inputs, plan[layer.name],
+                                 [targets[k].pop(layer.name) for k in active], [previous.get(k) for k in active],
+                                 torch.cat([scores[k] for k in active]), held_samples)
         fit = ridge_fit(problem.design, problem.targets, problem.prior, problem.importance, options.ridge,
                         problem.holdout)
         grouping = _group(problem, fit, layer, options, active.index(reference) if reference in active else None)
@@ -664,28 +722,32 @@ class _LayerProblem:
 
 
 def _layer_problem(fused: nn.Module, parents: list[nn.Module], layer: WeightLayer, inputs: torch.Tensor,
-                   memberships_in: list[torch.Tensor | None], importance: torch.Tensor, held_samples: torch.Tensor,
-                   generator: torch.Generator) -> _LayerProblem:
-    """Z from the current fused model, A and W⁰ from the parents, for one layer (steps 1–2 and the prior)."""
+                   rows: tuple[torch.Tensor, int], targets: list[torch.Tensor], memberships_in: list[torch.Tensor | None],
+                   importance: torch.Tensor, held_samples: torch.Tensor) -> _LayerProblem:
+    """Z from the current fused model, and the parents' targets and priors, for one layer."""
     module = fused.get_submodule(layer.name)
-    point = layer.bn or layer.name
-    outputs = [record_outputs(parent, inputs, {point})[point] for parent in parents]
-    positions = outputs[0].shape[2] * outputs[0].shape[3] if outputs[0].dim() == 4 else 1
-    has_bias = module.bias is not None or layer.bn is not None
-    fan_in = module.weight[0].numel() + has_bias
-    total = len(inputs) * positions
-    rows = min(total, max(MAX_DESIGN_ELEMENTS // fan_in, len(inputs)))
-    index = torch.arange(total) if rows == total else torch.randperm(total, generator=generator)[:rows].sort().values
-    x = _layer_inputs(fused, inputs, layer.name)
-    device = x.device
+    index, positions = rows
+    device = module.weight.device
     index = index.to(device)
-    design = _design_rows(x, module, index, positions).double()
+    tap = _Tap(layer.name, "input", index, positions)
+    design = _record_rows(fused, inputs, {"z": tap}, _batch_size(module.weight[0].numel(), positions))["z"].double()
+    has_bias = module.bias is not None or layer.bn is not None
     if has_bias:
         design = torch.cat([design, torch.ones(len(design), 1, dtype=design.dtype, device=device)], 1)
-    targets = torch.cat([_output_rows(out, index).double() for out in outputs], 1)
     prior = torch.cat([_prior(parent, layer, m) for parent, m in zip(parents, memberships_in)], 1).to(device)
-    return _LayerProblem(design, targets, prior, importance.to(device), [out.shape[1] for out in outputs],
-                         held_samples.to(device)[index // positions], has_bias, module.weight.shape[0])
+    return _LayerProblem(design, torch.cat(targets, 1).double().to(device), prior, importance.to(device),
+                         [t.shape[1] for t in targets], held_samples.to(device)[index // positions], has_bias,
+                         module.weight.shape[0])
+
+
+def _parent_targets(parent: nn.Module, layers: list[WeightLayer], inputs: torch.Tensor,
+                    plan: dict[str, tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
+    """A parent's pre-activations (after BatchNorm) of every layer at the planned rows, in one pass."""
+    device = next(parent.parameters()).device
+    taps = {layer.name: _Tap(layer.bn or layer.name, "output", plan[layer.name][0].to(device), plan[layer.name][1])
+            for layer in layers}
+    widest = max(parent.get_submodule(layer.name).weight.shape[0] * plan[layer.name][1] for layer in layers)
+    return _record_rows(parent, inputs, taps, _batch_size(widest, 1))
 
 
 def _group(problem: _LayerProblem, fit: RidgeFit, layer: WeightLayer, options: InterpOptions,
