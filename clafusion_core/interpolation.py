@@ -12,7 +12,7 @@ For each weight layer ℓ in forward order:
    time without fusing better.
 2. **Targets** ``A = [A_1 | … | A_K] ∈ R^{R×M}``: every parent's own pre-activations of ℓ on D, one
    column per parent neuron. With BatchNorm the target is the BatchNorm's output, i.e. the BatchNorm is
-   folded into the layer for the fit.
+   folded into the layer for the fit (in a residual block: the pre-ReLU sum with the shortcut).
 3. **Fit** each parent neuron by ridge regression towards the parent's own weights (:func:`ridge_fit`):
    ``w_j = argmin_w ‖Z w − a_j‖² + λ‖w − w⁰_j‖²``. The prior w⁰_j is the parent's (BN-folded) row with
    its inputs re-indexed onto F's neurons through the grouping of the layer below: every parent input
@@ -35,10 +35,16 @@ conv, the running statistics are the mean and variance of that conv's output on 
 parameters undo the normalisation (γ = √(var + ε), β = mean + b̄). In eval mode the layer computes exactly
 the fit, and recomputing the statistics on training data afterwards changes almost nothing.
 
-*Residual networks* are refused: the layers writing into one residual stream would have to share one
-grouping and their targets include the shortcut, which this implementation does not model.
+*Residual networks*: the layers whose outputs add up to one pre-activation are fitted jointly as one
+*unit* (a block's last conv and its downsample conv: Z holds both convs' patches side by side). A
+residual stream is written by several units (the stem or a stage's first block, then every identity
+block); its first writer chooses the grouping and every later writer keeps it, as OT shares one plan.
+A later writer adds its input back unchanged, so its conv fits ``a_j − x_F[c(j)]``: parent neuron j's
+block pre-activation minus the fused block input of the group c(j) it belongs to. Importance follows
+the first writer.
 
-*Cost*: each layer needs one eigendecomposition of ZᵀZ (d×d) for the ridge path and the fit, and
+*Cost*: each layer needs two eigendecompositions of a d×d Gram matrix (the training part's, for the
+ridge path, and the whole batch's, for the fit; the Gram matrix itself is computed once), and
 K-means runs in an orthonormal basis of the column space of Z (at most min(R, d) coordinates), so the
 distances ‖Z w̄_c − a_j‖ never materialise R-long vectors.
 
@@ -155,7 +161,10 @@ def neuron_attributions(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
     .. math::
         \mathrm{attr}_j(x) = z_j(x)\,\frac{\partial f_{y(x)}(x)}{\partial z_j}
 
-    where z_j is neuron j's pre-activation (after BatchNorm; a conv channel sums over positions). This
+    where z_j is neuron j's pre-activation (after BatchNorm; a conv channel sums over positions; for a
+    residual block's last conv the block's pre-ReLU sum, BatchNorm output plus shortcut, because the
+    block adds the shortcut and applies ReLU in place on that tensor — z·∂f/∂z = relu(z)·∂f/∂relu(z)
+    makes the in-place ReLU harmless). This
     is layer conductance with a zero baseline in one integration step. On a bias-free ReLU network the
     pre-activations scale linearly along the path αx, the ReLU pattern and so the gradients stay fixed,
     and the one step is exact: it then equals conductance and DeepLIFT's rescale rule, and every layer's
@@ -466,28 +475,73 @@ def _effective(model: nn.Module, layer: WeightLayer) -> tuple[torch.Tensor, torc
     return weight, bias
 
 
-def _prior(model: nn.Module, layer: WeightLayer, membership: torch.Tensor | None) -> torch.Tensor:
-    """The parent's folded rows as columns (d × m) in F's input basis: ``W · M`` on the input neurons."""
+def _prior(model: nn.Module, layer: WeightLayer, membership: torch.Tensor | None
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The parent's folded weights as columns (d_ℓ × m) in F's input basis (``W · M`` on the input
+    neurons) and its folded bias (m,) or None."""
     weight, bias = _effective(model, layer)
     weight = weight.double()
     if membership is not None:
         ones = torch.ones(membership.shape[0], dtype=weight.dtype, device=weight.device)
         weight = _correct_input(weight, Transport(membership, ones, membership.sum(0)), "sum")
-    if bias is not None:
-        weight = torch.cat([weight, bias.double()[:, None]], 1)
-    return weight.T
+    return weight.T, None if bias is None else bias.double()
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """Weight layers whose outputs add up to one pre-activation, fitted jointly.
+
+    Usually one layer. In a residual network a block's last conv and its downsample shortcut form one
+    unit; a block with an identity shortcut adds its input unchanged: ``shortcut`` is then the block's
+    first layer, whose input is that identity. All of a unit's layers write the same transport group.
+    """
+
+    layers: tuple[WeightLayer, ...]
+    shortcut: WeightLayer | None = None
+
+    @property
+    def name(self) -> str:
+        return self.layers[0].name
+
+    @property
+    def out_group(self) -> str | None:
+        return self.layers[0].out_group
+
+
+def _units(layers: list[WeightLayer]) -> list[_Unit]:
+    """Group the view's layers into units: consecutive layers writing one group sum their outputs.
+
+    A later writer of a residual stream (a group written by several units) that is a single layer is a
+    block with an identity shortcut: its shortcut is the layer that writes its input group (the block's
+    first conv), whose own input is the stream the block adds back.
+    """
+    units: list[_Unit] = []
+    for layer in layers:
+        if units and layer.out_group is not None and units[-1].out_group == layer.out_group:
+            units[-1] = _Unit(units[-1].layers + (layer,))
+        else:
+            units.append(_Unit((layer,)))
+    written: set[str] = set()
+    for i, unit in enumerate(units):
+        if unit.out_group in written and len(unit.layers) == 1:
+            first = next(l for l in layers if l.out_group == unit.layers[0].in_group)
+            units[i] = _Unit(unit.layers, shortcut=first)
+        if unit.out_group is not None:
+            written.add(unit.out_group)
+    return units
 
 
 @dataclass(frozen=True)
 class _Tap:
-    """Rows ``index`` (sorted, over samples × positions) of a module's output, or of its input as the
-    layer reads it (a Linear's input vector; a Conv2d's im2col patch, channel-major like
-    ``weight.reshape(out, -1)``)."""
+    """Rows ``index`` (sorted, over samples × positions) of a module's input or output tensor, as
+    values (one row per sample and position, one column per channel) or, for a Conv2d's input, as the
+    im2col patches the conv reads (channel-major like ``weight.reshape(out, -1)``)."""
 
     module: str
     side: str          # "input" or "output"
     index: torch.Tensor
     positions: int
+    patches: bool = False
 
 
 def _tap_rows(tensor: torch.Tensor, module: nn.Module, tap: _Tap, start: int) -> torch.Tensor:
@@ -495,7 +549,7 @@ def _tap_rows(tensor: torch.Tensor, module: nn.Module, tap: _Tap, start: int) ->
     lo, hi = torch.searchsorted(tap.index, torch.tensor([start * tap.positions, (start + len(tensor)) * tap.positions],
                                                         device=tap.index.device)).tolist()
     local = tap.index[lo:hi] - start * tap.positions
-    if tap.side == "input" and isinstance(module, nn.Conv2d):
+    if tap.patches and isinstance(module, nn.Conv2d):
         patches = F.unfold(tensor, module.kernel_size, module.dilation, module.padding, module.stride)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])[local]
     if tensor.dim() == 4:
@@ -505,12 +559,13 @@ def _tap_rows(tensor: torch.Tensor, module: nn.Module, tap: _Tap, start: int) ->
 
 @torch.no_grad()
 def _record_rows(model: nn.Module, inputs: torch.Tensor, taps: dict[str, _Tap], batch_size: int) -> dict[str, torch.Tensor]:
-    """One eval-mode pass of ``inputs`` in batches, keeping only the rows each tap selects (bounded memory)."""
+    """One eval-mode pass of ``inputs`` in batches, keeping only the rows each tap selects (bounded
+    memory). Rows are copied when recorded, before any in-place operation of the model changes them."""
     rows: dict[str, list[torch.Tensor]] = {name: [] for name in taps}
     start = 0
 
     def hook(name: str, module: nn.Module, tensor: torch.Tensor) -> None:
-        rows[name].append(_tap_rows(tensor.detach(), module, taps[name], start))
+        rows[name].append(_tap_rows(tensor.detach(), module, taps[name], start).clone())
 
     handles = []
     for name, tap in taps.items():
@@ -531,57 +586,80 @@ def _record_rows(model: nn.Module, inputs: torch.Tensor, taps: dict[str, _Tap], 
     return {name: torch.cat(parts) for name, parts in rows.items()}
 
 
-def _row_plan(model: nn.Module, layers: list[WeightLayer], samples: int, generator: torch.Generator
+def _has_bias(model: nn.Module, unit: _Unit) -> bool:
+    return any(model.get_submodule(l.name).bias is not None or l.bn is not None for l in unit.layers)
+
+
+def _row_plan(model: nn.Module, units: list[_Unit], samples: int, generator: torch.Generator
               ) -> dict[str, tuple[torch.Tensor, int]]:
-    """Per layer, the design rows used (sorted indices over samples × output positions) and the
+    """Per unit, the design rows used (sorted indices over samples × output positions) and the
     positions per sample: all rows, or a random subset when a conv has many positions (at least one
     row per sample, at most ``min(MAX_DESIGN_ELEMENTS / d, ROWS_PER_COLUMN · d)``)."""
     shapes: dict[str, torch.Size] = {}
-    handles = [model.get_submodule(layer.name).register_forward_hook(
-        lambda _m, _i, out, name=layer.name: shapes.__setitem__(name, out.shape)) for layer in layers]
+    handles = [model.get_submodule(unit.name).register_forward_hook(
+        lambda _m, _i, out, name=unit.name: shapes.__setitem__(name, out.shape)) for unit in units]
+    was_training = model.training
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, *model.input_shape, device=next(model.parameters()).device))
     finally:
         for handle in handles:
             handle.remove()
+        model.train(was_training)
     plan = {}
-    for layer in layers:
-        module = model.get_submodule(layer.name)
-        fan_in = module.weight[0].numel() + (module.bias is not None or layer.bn is not None)
-        positions = shapes[layer.name][2] * shapes[layer.name][3] if len(shapes[layer.name]) == 4 else 1
+    for unit in units:
+        fan_in = sum(model.get_submodule(l.name).weight[0].numel() for l in unit.layers) + _has_bias(model, unit)
+        shape = shapes[unit.name]
+        positions = shape[2] * shape[3] if len(shape) == 4 else 1
         total = samples * positions
         rows = min(total, max(samples, min(MAX_DESIGN_ELEMENTS // fan_in, ROWS_PER_COLUMN * fan_in)))
         index = torch.arange(total) if rows == total else torch.randperm(total, generator=generator)[:rows].sort().values
-        plan[layer.name] = (index, positions)
+        plan[unit.name] = (index, positions)
     return plan
 
 
-def _batch_size(tap_width: int, positions: int) -> int:
-    """Samples per forward batch so that one batch's rows hold about 2^24 numbers."""
-    return max(1, min(1024, (1 << 24) // max(1, tap_width * positions)))
+def _batch_size(row_width: int) -> int:
+    """Samples per forward batch so that one batch's recorded rows hold about 2^24 numbers."""
+    return max(1, min(1024, (1 << 24) // max(1, row_width)))
+
+
+def _parent_targets(parent: nn.Module, units: list[_Unit], inputs: torch.Tensor,
+                    plan: dict[str, tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
+    """A parent's pre-activation of every unit at the planned rows, in one pass: the sum of its layers'
+    outputs (after BatchNorm), plus the block input for an identity shortcut."""
+    device = next(parent.parameters()).device
+    taps, parts = {}, {}
+    for unit in units:
+        index, positions = plan[unit.name][0].to(device), plan[unit.name][1]
+        parts[unit.name] = [l.name for l in unit.layers] + ([f"{unit.name}/shortcut"] if unit.shortcut else [])
+        for layer in unit.layers:
+            taps[layer.name] = _Tap(layer.bn or layer.name, "output", index, positions)
+        if unit.shortcut:
+            taps[f"{unit.name}/shortcut"] = _Tap(unit.shortcut.name, "input", index, positions)
+    widest = max(parent.get_submodule(u.name).weight.shape[0] * plan[u.name][1] for u in units)
+    rows = _record_rows(parent, inputs, taps, _batch_size(2 * widest))
+    return {unit: sum(rows[name] for name in names) for unit, names in parts.items()}
 
 
 @torch.no_grad()
-def _write_layer(fused: nn.Module, layer: WeightLayer, centres: torch.Tensor, design: torch.Tensor,
-                 has_bias: bool) -> None:
-    """Write the fused rows w̄_c (weight, then bias if any) into F; BatchNorm in the canonical form."""
+def _write_layer(fused: nn.Module, layer: WeightLayer, weight: torch.Tensor, bias: torch.Tensor | None,
+                 design: torch.Tensor) -> None:
+    """Write fused rows (weight [k, d_ℓ], bias [k] or None) into F; BatchNorm in the canonical form,
+    its statistics those of the layer's output on the rows ``design`` (Z's columns for this layer)."""
     module = fused.get_submodule(layer.name)
-    weight = centres[:, :-1] if has_bias else centres
-    bias = centres[:, -1] if has_bias else None
     module.weight.copy_(weight.reshape(module.weight.shape).to(module.weight))
     if layer.bn:
         bn = fused.get_submodule(layer.bn)
-        output = design[:, :-1] @ weight.T
+        output = design @ weight.T
         mean, var = output.mean(0), output.var(0, unbiased=False)
         bn.running_mean.copy_(mean.to(bn.running_mean))
         bn.running_var.copy_(var.to(bn.running_var))
         bn.weight.copy_(torch.sqrt(var + bn.eps).to(bn.weight))
-        bn.bias.copy_((mean + bias).to(bn.bias))
+        bn.bias.copy_((mean + (bias if bias is not None else 0.0)).to(bn.bias))
         if module.bias is not None:
             module.bias.zero_()
-    elif bias is not None:
-        module.bias.copy_(bias.to(module.bias))
+    elif module.bias is not None:
+        module.bias.copy_(bias.to(module.bias) if bias is not None else torch.zeros_like(module.bias))
 
 
 def _check_parents(parents: list[nn.Module], reference: int, weights: list[float], inputs: torch.Tensor,
@@ -600,16 +678,10 @@ def _check_parents(parents: list[nn.Module], reference: int, weights: list[float
                              "(they must be of the same family).")
     if len({(p.input_shape, p.num_classes) for p in parents}) > 1:
         raise AlignmentError("The parents disagree on input shape or classes; fuse models trained on the same dataset.")
-    writers: dict[str, int] = {}
     for layer in views[0].layers:
-        if layer.out_group is not None:
-            writers[layer.out_group] = writers.get(layer.out_group, 0) + 1
-    for layer in views[0].layers:
-        if len({(p.get_submodule(layer.name).bias is None, layer.bn is None) for p in parents}) > 1:
+        if len({p.get_submodule(layer.name).bias is None for p in parents}) > 1:
             raise AlignmentError(f"The parents disagree on whether {layer.name} has a bias; fuse models of one kind "
                                  "(all with biases or all without).")
-    if parents[0].spec.family == "resnet" or any(count > 1 for count in writers.values()):
-        raise FusionError("Neuron interpolation does not support residual networks yet; use --method ot.")
     if len(inputs) != len(labels):
         raise AlignmentError(f"The fusion batch has {len(inputs)} inputs but {len(labels)} labels; give one label per input.")
     if len(inputs) < MIN_SAMPLES:
@@ -654,48 +726,66 @@ def interpolation_fuse(parents: list[nn.Module], reference: int, weights: list[f
     held_samples = torch.zeros(len(inputs), dtype=torch.bool)
     held_samples[torch.randperm(len(inputs), generator=generator)[:max(1, round(HOLDOUT_FRACTION * len(inputs)))]] = True
     fused = copy.deepcopy(parents[reference])
-    layers = model_view(fused).layers
-    plan = _row_plan(fused, layers, len(inputs), generator)
-    targets = {k: _parent_targets(parents[k], layers, inputs, plan) for k in active}
+    units = _units(model_view(fused).layers)
+    plan = _row_plan(fused, units, len(inputs), generator)
+    targets = {k: _parent_targets(parents[k], units, inputs, plan) for k in active}
     result = InterpResult(fused)
     memberships: dict[str, dict[int, torch.Tensor]] = {}   # group -> active parent -> (n_k × n_fused)
-    for layer in layers:
+    group_scores: dict[str, dict[int, torch.Tensor]] = {}  # group -> active parent -> importance
+    for unit in units:
         start = time.perf_counter()
-        previous = memberships[layer.in_group] if layer.in_group is not None else {}
-        if layer.out_group is None:   # logits: parent weight per class
+        group = unit.out_group
+        if group is None:   # logits: the parent's weight, shared by its classes
             scores = {k: torch.full((fused.num_classes,), weights[k] / fused.num_classes, dtype=torch.float64)
                       for k in active}
-        else:
-            scores = {k: importance[k][layer.name] for k in active}
-        problem = _layer_problem(fused, [parents[k] for k in active], layer, inputs, plan[layer.name],
-                                 [targets[k].pop(layer.name) for k in active], [previous.get(k) for k in active],
-                                 torch.cat([scores[k] for k in active]), held_samples)
+        else:               # a residual stream keeps the weighting of its first writer
+            scores = group_scores.setdefault(group, {k: importance[k][unit.name] for k in active})
+        problem = _unit_problem(fused, [parents[k] for k in active], unit, inputs, plan[unit.name],
+                                [targets[k].pop(unit.name) for k in active], active, memberships,
+                                torch.cat([scores[k] for k in active]), held_samples)
+        fixed = memberships.get(group) if group is not None else None
+        if unit.shortcut is not None and fixed is None:
+            raise FusionError("This residual network starts a stream with an identity block, which neuron "
+                              "interpolation does not support; use --method ot.")
+        if fixed is not None:   # later writers of a stream: its grouping is fixed, remove the fused shortcut
+            fixed_labels = torch.cat([_labels_of(fixed[k]) for k in active])
+            problem.targets -= problem.offset[:, fixed_labels.clamp_min(0)]
         fit = ridge_fit(problem.design, problem.targets, problem.prior, problem.importance, options.ridge,
                         problem.holdout)
-        grouping = _group(problem, fit, layer, options, active.index(reference) if reference in active else None)
+        if group is None:       # logits: class i of every parent is group i
+            grouping = Grouping(torch.cat([torch.arange(w) for w in problem.widths]).to(fit.weights.device), float("nan"))
+        elif fixed is not None:
+            grouping = Grouping(fixed_labels, float("nan"))
+        else:
+            grouping = _group(problem, fit, options, active.index(reference) if reference in active else None)
         clusters = problem.clusters
         centres = _centres(fit.weights.T, problem.importance, grouping.labels, clusters)
-        _write_layer(fused, layer, centres, problem.design, problem.has_bias)
+        column = 0
+        for layer, width in zip(unit.layers, problem.layer_columns):
+            bias = centres[:, -1] if problem.has_bias and layer is unit.layers[0] else None
+            _write_layer(fused, layer, centres[:, column:column + width], bias, problem.design[:, column:column + width])
+            column += width
         mean_target = problem.targets @ _mixer(grouping.labels, problem.importance, clusters)
         diagnostics = {
-            "layer": layer.name, "group": layer.out_group, "rows": len(problem.design),
-            "fan_in": problem.design.shape[1], "ridge": fit.ridge, "ridge_lambda": fit.lam,
+            "layer": unit.name, "layers": [l.name for l in unit.layers], "group": group,
+            "rows": len(problem.design), "fan_in": problem.design.shape[1], "ridge": fit.ridge, "ridge_lambda": fit.lam,
             "fit_residual": _relative(problem.design @ fit.weights - problem.targets, problem.targets),
             "fused_residual": _relative(problem.design @ centres.T - mean_target, mean_target),
         }
-        if layer.out_group is not None:
-            labels_per_parent = torch.split(grouping.labels, problem.widths)
-            members = {k: F.one_hot(lab.clamp_min(0), clusters).double() * (lab >= 0)[:, None]
-                       for k, lab in zip(active, labels_per_parent)}
-            memberships[layer.out_group] = members
-            widths = [p.get_submodule(layer.name).weight.shape[0] for p in parents]
-            result.membership[layer.out_group] = [
-                members[k].cpu().numpy() if k in members else np.zeros((widths[k], clusters)) for k in range(len(parents))]
-            result.importance[layer.out_group] = [
-                scores[k].cpu().numpy() if k in scores else np.zeros(widths[k]) for k in range(len(parents))]
-            parents_per_group = sum((m.sum(0) > 0).long() for m in members.values())
-            diagnostics.update(cluster_sizes=torch.bincount(grouping.labels[grouping.labels >= 0], minlength=clusters).tolist(),
-                               grouping_cost=grouping.cost, converged=grouping.converged,
+        if group is not None:
+            if fixed is None:
+                members = {k: F.one_hot(lab.clamp_min(0), clusters).double() * (lab >= 0)[:, None]
+                           for k, lab in zip(active, torch.split(grouping.labels, problem.widths))}
+                memberships[group] = members
+                widths = [p.get_submodule(unit.name).weight.shape[0] for p in parents]
+                result.membership[group] = [members[k].cpu().numpy() if k in members
+                                            else np.zeros((widths[k], clusters)) for k in range(len(parents))]
+                result.importance[group] = [scores[k].cpu().numpy() if k in scores else np.zeros(widths[k])
+                                            for k in range(len(parents))]
+            parents_per_group = sum((m.sum(0) > 0).long() for m in memberships[group].values())
+            diagnostics.update(cluster_sizes=torch.bincount(grouping.labels[grouping.labels >= 0],
+                                                            minlength=clusters).tolist(),
+                               grouping_cost=grouping.cost, converged=grouping.converged, shared_grouping=fixed is not None,
                                mixed_groups=int((parents_per_group > 1).sum()))
         diagnostics["seconds"] = time.perf_counter() - start
         result.diagnostics.append(diagnostics)
@@ -707,9 +797,10 @@ def interpolation_fuse(parents: list[nn.Module], reference: int, weights: list[f
 
 
 @dataclass
-class _LayerProblem:
-    """One layer's fit: design Z (R × d), targets A (R × M), prior W⁰ (d × M), importance s (M,), the
-    active parents' widths, the held-out rows, whether Z has the ones column, and F's width."""
+class _UnitProblem:
+    """One unit's fit: design Z (R × d, the unit's layers' columns side by side, then the ones column),
+    targets A (R × M), prior W⁰ (d × M), importance s (M,), the active parents' widths, the held-out
+    rows, the identity shortcut's fused values (R × k) or None, and F's width."""
 
     design: torch.Tensor
     targets: torch.Tensor
@@ -718,46 +809,52 @@ class _LayerProblem:
     widths: list[int]
     holdout: torch.Tensor
     has_bias: bool
+    layer_columns: list[int]
+    offset: torch.Tensor | None
     clusters: int
 
 
-def _layer_problem(fused: nn.Module, parents: list[nn.Module], layer: WeightLayer, inputs: torch.Tensor,
-                   rows: tuple[torch.Tensor, int], targets: list[torch.Tensor], memberships_in: list[torch.Tensor | None],
-                   importance: torch.Tensor, held_samples: torch.Tensor) -> _LayerProblem:
-    """Z from the current fused model, and the parents' targets and priors, for one layer."""
-    module = fused.get_submodule(layer.name)
+def _unit_problem(fused: nn.Module, parents: list[nn.Module], unit: _Unit, inputs: torch.Tensor,
+                  rows: tuple[torch.Tensor, int], targets: list[torch.Tensor], active: list[int],
+                  memberships: dict[str, dict[int, torch.Tensor]], importance: torch.Tensor,
+                  held_samples: torch.Tensor) -> _UnitProblem:
+    """Z (and the identity shortcut) from the current fused model, the parents' targets and priors."""
     index, positions = rows
-    device = module.weight.device
+    device = fused.get_submodule(unit.name).weight.device
     index = index.to(device)
-    tap = _Tap(layer.name, "input", index, positions)
-    design = _record_rows(fused, inputs, {"z": tap}, _batch_size(module.weight[0].numel(), positions))["z"].double()
-    has_bias = module.bias is not None or layer.bn is not None
+    taps = {l.name: _Tap(l.name, "input", index, positions, patches=True) for l in unit.layers}
+    if unit.shortcut:
+        taps["shortcut"] = _Tap(unit.shortcut.name, "input", index, positions)
+    columns = [fused.get_submodule(l.name).weight[0].numel() for l in unit.layers]
+    recorded = _record_rows(fused, inputs, taps, _batch_size(sum(columns) * positions))
+    blocks = [recorded[l.name].double() for l in unit.layers]
+    has_bias = _has_bias(fused, unit)
     if has_bias:
-        design = torch.cat([design, torch.ones(len(design), 1, dtype=design.dtype, device=device)], 1)
-    prior = torch.cat([_prior(parent, layer, m) for parent, m in zip(parents, memberships_in)], 1).to(device)
-    return _LayerProblem(design, torch.cat(targets, 1).double().to(device), prior, importance.to(device),
-                         [t.shape[1] for t in targets], held_samples.to(device)[index // positions], has_bias,
-                         module.weight.shape[0])
+        blocks.append(torch.ones(len(blocks[0]), 1, dtype=torch.float64, device=device))
+    priors = []
+    for k, parent in zip(active, parents):
+        parts = [_prior(parent, l, memberships[l.in_group][k] if l.in_group is not None else None) for l in unit.layers]
+        column = [w for w, _ in parts]
+        if has_bias:
+            biases = [b for _, b in parts if b is not None]
+            column.append(sum(biases)[None, :])
+        priors.append(torch.cat(column, 0))
+    return _UnitProblem(torch.cat(blocks, 1), torch.cat(targets, 1).double().to(device), torch.cat(priors, 1).to(device),
+                        importance.to(device), [t.shape[1] for t in targets], held_samples.to(device)[index // positions],
+                        has_bias, columns, recorded["shortcut"].double() if unit.shortcut else None,
+                        fused.get_submodule(unit.name).weight.shape[0])
 
 
-def _parent_targets(parent: nn.Module, layers: list[WeightLayer], inputs: torch.Tensor,
-                    plan: dict[str, tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
-    """A parent's pre-activations (after BatchNorm) of every layer at the planned rows, in one pass."""
-    device = next(parent.parameters()).device
-    taps = {layer.name: _Tap(layer.bn or layer.name, "output", plan[layer.name][0].to(device), plan[layer.name][1])
-            for layer in layers}
-    widest = max(parent.get_submodule(layer.name).weight.shape[0] * plan[layer.name][1] for layer in layers)
-    return _record_rows(parent, inputs, taps, _batch_size(widest, 1))
+def _labels_of(membership: torch.Tensor) -> torch.Tensor:
+    """The group of every parent neuron from its 0/1 membership rows (−1 for an all-zero row)."""
+    return torch.where(membership.sum(1) > 0, membership.argmax(1), torch.full_like(membership[:, 0], -1).long())
 
 
-def _group(problem: _LayerProblem, fit: RidgeFit, layer: WeightLayer, options: InterpOptions,
-           reference: int | None) -> Grouping:
-    """Step 4: which fused neuron each parent neuron goes to (logits: class i of every parent → i).
+def _group(problem: _UnitProblem, fit: RidgeFit, options: InterpOptions, reference: int | None) -> Grouping:
+    """Step 4: which fused neuron each parent neuron goes to, by K-means or the Hungarian matching.
 
     ``reference`` is the reference's position among the active parents (None when it takes no part)."""
     device = problem.design.device
-    if layer.out_group is None:
-        return Grouping(torch.cat([torch.arange(w, device=device) for w in problem.widths]), float("nan"))
     fits, projections, outside = _coordinates(fit, problem.design, problem.targets)
     if options.grouping == "hungarian":
         spans = torch.split(torch.arange(len(fits), device=device), problem.widths)
