@@ -232,8 +232,25 @@ class RidgeFit:
 
 
 def _eigen(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    e, v = torch.linalg.eigh(gram)
-    return e.clamp_min(0), v
+    """``ZᵀZ = V diag(e) Vᵀ`` from the Gram matrix.
+
+    Columns of Z that are identically zero (inputs dead on D) are eigenvectors with e = 0 and are split
+    off first: LAPACK's solver can fail to converge on a matrix with many such repeated zeros, and the
+    rest is smaller. The rest is scaled to a unit diagonal maximum for the solver's sake.
+    """
+    d = gram.shape[0]
+    seen = gram.diagonal() > 0
+    order = torch.cat([seen.nonzero().flatten(), (~seen).nonzero().flatten()])
+    e = torch.zeros(d, dtype=gram.dtype, device=gram.device)
+    v = torch.zeros(d, d, dtype=gram.dtype, device=gram.device)
+    n = int(seen.sum())
+    if n:
+        scale = gram.diagonal().max()
+        e_seen, v_seen = torch.linalg.eigh(gram[seen][:, seen] / scale)
+        e[:n] = e_seen.clamp_min(0) * scale
+        v[order[:n], :n] = v_seen
+    v[order[n:], torch.arange(n, d, device=gram.device)] = 1.0
+    return e, v
 
 
 def _inverse_spectrum(e: torch.Tensor, lam: float) -> torch.Tensor:

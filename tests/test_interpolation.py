@@ -108,6 +108,19 @@ def test_rank_deficient_fit_keeps_the_prior_where_the_data_does_not_look(ridge):
         assert torch.allclose(design @ fit.weights, targets, atol=1e-8)
 
 
+def test_dead_input_columns_keep_the_prior_and_the_rest_is_fitted():
+    """Inputs that are zero on every sample (dead channels) carry no information: their weights stay
+    at the prior, while the live ones solve the exactly linear problem."""
+    rng = torch.Generator().manual_seed(5)
+    live = torch.randn(300, 10, generator=rng, dtype=torch.float64)
+    design = torch.cat([live, torch.zeros(300, 400, dtype=torch.float64)], 1)
+    true = torch.randn(410, 3, generator=rng, dtype=torch.float64)
+    prior = torch.randn(410, 3, generator=rng, dtype=torch.float64)
+    fit = ridge_fit(design, design @ true, prior, ridge=0.0)
+    assert torch.allclose(fit.weights[10:], prior[10:])
+    assert torch.allclose(fit.weights[:10], true[:10], atol=1e-8)
+
+
 def test_a_tiny_fusion_batch_still_recovers_a_permuted_copy_on_fresh_inputs():
     """|D| = 20 < fan-in 65: a pseudo-inverse would zero the unseen directions; the prior keeps them."""
     model = random_model("mlp:40-30-20", seed=6)
