@@ -72,6 +72,7 @@ from torch import nn
 from .data import DataSplits
 from .errors import AlignmentError, FusionError
 from .layers import WeightLayer, model_view
+from .train import Progress
 from .otfusion import Transport, _correct_input, _params
 
 GROUPINGS = ("kmeans", "hungarian")
@@ -574,15 +575,22 @@ def _tap_rows(tensor: torch.Tensor, module: nn.Module, tap: _Tap, start: int) ->
     return tensor.flatten(1)[local]
 
 
+class _TapsDone(Exception):
+    """Raised by the last tap of a batch: the rest of the forward pass is not needed."""
+
+
 @torch.no_grad()
 def _record_rows(model: nn.Module, inputs: torch.Tensor, taps: dict[str, _Tap], batch_size: int) -> dict[str, torch.Tensor]:
     """One eval-mode pass of ``inputs`` in batches, keeping only the rows each tap selects (bounded
-    memory). Rows are copied when recorded, before any in-place operation of the model changes them."""
+    memory). Rows are copied when recorded, before any in-place operation of the model changes them;
+    each batch stops as soon as every tap has fired (a layer's design needs only the layers below it)."""
     rows: dict[str, list[torch.Tensor]] = {name: [] for name in taps}
     start = 0
 
     def hook(name: str, module: nn.Module, tensor: torch.Tensor) -> None:
         rows[name].append(_tap_rows(tensor.detach(), module, taps[name], start).clone())
+        if all(len(parts) == len(rows[name]) for parts in rows.values()):
+            raise _TapsDone
 
     handles = []
     for name, tap in taps.items():
@@ -595,7 +603,10 @@ def _record_rows(model: nn.Module, inputs: torch.Tensor, taps: dict[str, _Tap], 
     model.eval()
     try:
         for start in range(0, len(inputs), batch_size):
-            model(inputs[start:start + batch_size])
+            try:
+                model(inputs[start:start + batch_size])
+            except _TapsDone:
+                pass
     finally:
         for handle in handles:
             handle.remove()
@@ -713,7 +724,8 @@ def _check_parents(parents: list[nn.Module], reference: int, weights: list[float
 
 
 def interpolation_fuse(parents: list[nn.Module], reference: int, weights: list[float], inputs: torch.Tensor,
-                       labels: torch.Tensor, options: InterpOptions = InterpOptions()) -> InterpResult:
+                       labels: torch.Tensor, options: InterpOptions = InterpOptions(),
+                       progress: Progress | None = None) -> InterpResult:
     """Fuse N balanced parents by neuron interpolation (see the module docstring for the maths).
 
     Parameters
@@ -725,6 +737,7 @@ def interpolation_fuse(parents: list[nn.Module], reference: int, weights: list[f
     inputs, labels : the labelled fusion batch (training/validation data, never test; see
         :func:`fusion_batch`); the first ``options.fusion_size`` samples are used
     options : :class:`InterpOptions`
+    progress : optional callback ``(fraction, message)``, called once per fused layer
 
     Returns
     -------
@@ -749,7 +762,9 @@ def interpolation_fuse(parents: list[nn.Module], reference: int, weights: list[f
     result = InterpResult(fused)
     memberships: dict[str, dict[int, torch.Tensor]] = {}   # group -> active parent -> (n_k × n_fused)
     group_scores: dict[str, dict[int, torch.Tensor]] = {}  # group -> active parent -> importance
-    for unit in units:
+    for position, unit in enumerate(units):
+        if progress:
+            progress(position / len(units), f"fitting {unit.name}")
         start = time.perf_counter()
         group = unit.out_group
         if group is None:   # logits: the parent's weight, shared by its classes
@@ -806,6 +821,8 @@ def interpolation_fuse(parents: list[nn.Module], reference: int, weights: list[f
                                mixed_groups=int((parents_per_group > 1).sum()))
         diagnostics["seconds"] = time.perf_counter() - start
         result.diagnostics.append(diagnostics)
+    if progress:
+        progress(1.0, "done")
     fan_in, name = max((d["fan_in"], d["layer"]) for d in result.diagnostics)
     if len(inputs) < fan_in:
         result.warnings.append(f"The fusion batch has {len(inputs)} samples, fewer than the fan-in of {name} ({fan_in}): "

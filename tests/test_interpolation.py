@@ -56,9 +56,12 @@ def test_fusing_a_permuted_copy_gives_the_model_back(spec, grouping):
 
 def test_three_identical_parents_give_the_model():
     model = random_model("mlp:40-30-20", seed=4)
-    result = _fuse([model, model, model], reference=1)
+    calls = []
+    result = interpolation_fuse([model, model, model], 1, [0.2, 0.5, 0.3], X, Y,
+                                progress=lambda fraction, message: calls.append(fraction))
     assert _max_error(result.model, model) < 1e-4
     assert [len(m) for m in result.membership.values()] == [3, 3, 3]
+    assert calls == sorted(calls) and calls[-1] == 1.0 and len(calls) == 5   # 4 layers, then done
 
 
 def test_the_logits_layer_is_never_permuted():
