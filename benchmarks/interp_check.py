@@ -5,7 +5,7 @@
     python benchmarks/interp_check.py --quick                           # digits mlp-same only
 
 For every dataset, setup (``mlp-same``, ``mlp-depth`` of :data:`common.SETUPS`; on digits also the demo
-pairs ``demo:mlp-same`` and ``demo:mlp``) and seed, the parents come from the zoo cache. OT fusion goes
+pairs ``demo:mlp-same``, ``demo:mlp``, ``demo:cnn``, ``demo:resnet``) and seed, the parents come from the zoo cache. OT fusion goes
 through :func:`clafusion_core.pipeline.run_fusion` (its defaults: activations ground metric, exact OT,
 repair on; and the weights ground metric). Neuron interpolation runs on the same balanced parents (the
 pipeline's alignment and ``add`` balancing for different depths) with a class-balanced fusion batch of
@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_arguments(parser, default_datasets="digits,fashion-mnist", default_seeds="0")
     parser.add_argument("--pairs", default=None,
-                        help="comma-separated setups / demo pairs (default: mlp-same,mlp-depth, plus the demo pairs on digits)")
+                        help="comma-separated setups / demo pairs (default: mlp-same,mlp-depth; on digits also "
+                             "demo:mlp-same,demo:mlp,demo:cnn,demo:resnet)")
     parser.add_argument("--fusion-size", type=int, default=1000, help="fusion-batch samples (default 1000)")
     args = parser.parse_args(argv)
     threads = common.set_threads(args.threads)
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     results = []
     for dataset in datasets:
         splits = load_dataset(dataset, args.data_root)
-        default = "mlp-same,mlp-depth" + (",demo:mlp-same,demo:mlp" if dataset == "digits" else "")
+        default = "mlp-same,mlp-depth" + (",demo:mlp-same,demo:mlp,demo:cnn,demo:resnet" if dataset == "digits" else "")
         pairs = ["mlp-same"] if args.quick else common.parse_list(args.pairs or default)
         for pair in pairs:
             for seed in ([0] if pair.startswith("demo:") else seeds):

@@ -162,14 +162,15 @@ def neuron_attributions(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
     .. math::
         \mathrm{attr}_j(x) = z_j(x)\,\frac{\partial f_{y(x)}(x)}{\partial z_j}
 
-    where z_j is neuron j's pre-activation (after BatchNorm; a conv channel sums over positions; for a
-    residual block's last conv the block's pre-ReLU sum, BatchNorm output plus shortcut, because the
-    block adds the shortcut and applies ReLU in place on that tensor — z·∂f/∂z = relu(z)·∂f/∂relu(z)
-    makes the in-place ReLU harmless). This
-    is layer conductance with a zero baseline in one integration step. On a bias-free ReLU network the
-    pre-activations scale linearly along the path αx, the ReLU pattern and so the gradients stay fixed,
-    and the one step is exact: it then equals conductance and DeepLIFT's rescale rule, and every layer's
-    attributions sum to the true-class logit (completeness).
+    where z_j is neuron j's pre-activation: after BatchNorm, a conv channel summed over positions. For
+    a residual block's last conv it is the block's pre-ReLU sum (BatchNorm output plus shortcut), since
+    the block adds the shortcut to that tensor in place; the in-place ReLU after it is harmless because
+    z·∂f/∂z = relu(z)·∂f/∂relu(z).
+
+    This is layer conductance with a zero baseline in one integration step. On a bias-free ReLU network
+    the pre-activations scale linearly along the path αx, the ReLU pattern and so the gradients stay
+    fixed, and the one step is exact: it then equals conductance and DeepLIFT's rescale rule, and the
+    attributions at any cut through the network sum to the true-class logit (completeness).
 
     Returns ``{layer name: [samples, neurons]}`` for every layer except the logits.
     """
