@@ -381,3 +381,13 @@ def test_bad_calls_say_what_to_do():
         _fuse([model, model, model], grouping="hungarian")
     with pytest.raises(FusionError, match="at least 5 samples"):
         _fuse([model, model], inputs=X[:3], labels=Y[:3])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fusing_on_cuda_matches_the_cpu():
+    model, other = random_model("vgg:8-M-16-bn", seed=1), random_model("vgg:8-M-16-bn", seed=2)
+    on_cpu = _fuse([model, other]).model
+    cuda = torch.device("cuda")
+    on_gpu = interpolation_fuse([model.to(cuda), other.to(cuda)], 1, [0.5, 0.5], X.to(cuda), Y.to(cuda)).model
+    assert _max_error(on_gpu.cpu(), on_cpu) < 1e-3
