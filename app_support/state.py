@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from clafusion_core import zoo
+from clafusion_core.interpolation import InterpOptions
 from clafusion_core.pipeline import FusionConfig, FusionResult
 
 _DEFAULT = FusionConfig().flat()
@@ -55,6 +56,16 @@ DEVICE = "device"
 REPAIR = "repair"
 BN_RESET = "bn_reset"
 PLAN_GROUP = "plan_group"
+INTERP_SIZE = "interp_fusion_size"
+INTERP_GROUPING = "interp_grouping"
+INTERP_IMPORTANCE = "interp_importance"
+
+#: option name of each fusion method → the widget key holding it
+METHOD_WIDGETS: dict[str, dict[str, str]] = {
+    "ot": {"ground_metric": GROUND_METRIC, "solver": SOLVER, "sinkhorn_reg": SINKHORN_REG,
+           "ground_activation": GROUND_ACTIVATION, "ground_conv_features": GROUND_CONV_FEATURES},
+    "interp": {"fusion_size": INTERP_SIZE, "grouping": INTERP_GROUPING, "importance": INTERP_IMPORTANCE},
+}
 
 FT_EPOCHS = "ft_epochs"
 FT_LR = "ft_lr"
@@ -76,6 +87,8 @@ WIDGET_DEFAULTS: dict[str, object] = {
     INSERTED_WEIGHT: _DEFAULT["inserted_weight"], SOLVER: _DEFAULT["solver"],
     SINKHORN_REG: _DEFAULT["sinkhorn_reg"], FUSION_WEIGHT: _DEFAULT["fusion_weight"], DEVICE: _DEFAULT["device"],
     REPAIR: _DEFAULT["repair"], BN_RESET: _DEFAULT["bn_reset"],
+    INTERP_SIZE: InterpOptions().fusion_size, INTERP_GROUPING: InterpOptions().grouping,
+    INTERP_IMPORTANCE: InterpOptions().importance,
     FT_EPOCHS: 5, FT_LR: _DEFAULT["finetune_lr"], FT_OPTIMIZER: _DEFAULT["optimizer"], FT_PARENTS: False,
     FT_DISTILL: _DEFAULT["distill"], FT_TEMPERATURE: _DEFAULT["distill_temperature"],
 }
@@ -158,16 +171,15 @@ def alignment_config(pair: PairChoice) -> FusionConfig:
 
 
 def fusion_config(pair: PairChoice) -> FusionConfig:
-    """The alignment settings plus the Fusion page's, with the what-if matching if there is one."""
-    return alignment_config(pair).replace(balance=st.session_state[BALANCE], method=st.session_state[METHOD],
-                   ground_metric=st.session_state[GROUND_METRIC], solver=st.session_state[SOLVER],
-                   ground_activation=st.session_state[GROUND_ACTIVATION],
-                   ground_conv_features=st.session_state[GROUND_CONV_FEATURES],
-                   inserted_weight=st.session_state[INSERTED_WEIGHT],
-                   sinkhorn_reg=float(st.session_state[SINKHORN_REG]),
-                   fusion_weight=float(st.session_state[FUSION_WEIGHT]), device=st.session_state[DEVICE],
-                   repair=bool(st.session_state[REPAIR]), bn_reset=bool(st.session_state[BN_RESET]),
-                   mapping=override(pair))
+    """The alignment settings plus the Fusion page's, with the what-if matching if there is one; only the
+    chosen method's option widgets apply."""
+    method = st.session_state[METHOD]
+    options = {name: st.session_state[key] for name, key in METHOD_WIDGETS[method].items()}
+    return alignment_config(pair).replace(balance=st.session_state[BALANCE], method=method,
+                                          inserted_weight=st.session_state[INSERTED_WEIGHT],
+                                          fusion_weight=float(st.session_state[FUSION_WEIGHT]),
+                                          device=st.session_state[DEVICE], repair=bool(st.session_state[REPAIR]),
+                                          bn_reset=bool(st.session_state[BN_RESET]), mapping=override(pair), **options)
 
 
 def override(pair: PairChoice) -> tuple[tuple[int, ...], ...] | None:

@@ -59,6 +59,10 @@ QUICK_SETUPS = ["mlp-same", "mlp-depth"]
 # the rows of one setup
 
 
+INTERP_ROW = dict(name="neuron interpolation (K-means, uniform)", config=dict(method="interp"), finetune=True,
+                  group="method")
+
+
 def variants(setup: str, family: str, quick: bool) -> list[dict]:
     """The fusions of a setup: name, FusionConfig overrides, whether it is finetuned, and its group.
 
@@ -73,7 +77,7 @@ def variants(setup: str, family: str, quick: bool) -> list[dict]:
         rows.append(dict(name="OT (activations) + repair, input scaling sum",
                          config=dict(ground_metric="activations", repair=True, input_scaling="sum"), finetune=False,
                          group="ablation"))
-        return rows
+        return rows + ([] if quick else [INTERP_ROW])
     balances = ["add", "merge"] if family == "mlp" else ["add"]
     metrics = ("linear_cka", "width", "wasserstein") if quick else METRICS
     rows = [dict(name=f"CLAFusion {metric}, {bal}", config=dict(cost=metric, balance=bal), finetune=True,
@@ -93,6 +97,8 @@ def variants(setup: str, family: str, quick: bool) -> list[dict]:
         dict(name="CLAFusion linear_cka, add, probe 200",
              config=dict(cost="linear_cka", probe_size=200), finetune=False, group="ablation"),
     ]
+    if not quick:
+        rows.append({**INTERP_ROW, "name": "CLAFusion linear_cka, add, neuron interpolation"})
     if family != "mlp":
         rows.append(dict(name="CLAFusion linear_cka, add, ground metric on channel means",
                          config=dict(cost="linear_cka", ground_conv_features="pool"), finetune=False, group="ablation"))
@@ -164,8 +170,7 @@ def run_setup(dataset: str, setup: str, seed: int, splits, args, finetune_lr: fl
             "finetuned": None, "val_finetuned": None,
         }
         if row["finetune"] and args.finetune_epochs > 0:
-            key = (config.balancing.method, config.fusion.options.ground_metric, config.repair.statistics, config.fusion.options.input_scaling,
-                   repr(result0.alignment.mappings))
+            key = (config.balancing.method, repr(config.fusion), config.repair.statistics, repr(result0.alignment.mappings))
             if key not in finetuned_cache:
                 start = time.perf_counter()
                 finetune_result(result0, splits, epochs=args.finetune_epochs, parents=not parents_done)

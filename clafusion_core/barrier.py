@@ -195,12 +195,12 @@ def barrier_curves(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, c
         skipped[NAIVE] = "The parents differ in shape, so their raw parameters cannot be averaged."
     for name in methods or list(METHODS):
         method = METHODS[name]
+        if not method.aligns:
+            skipped[name] = f"{method.title} builds a new model per weight (no aligned parents), so it has no straight path."
+            continue
         start = time.perf_counter()
         output = method.fuse(parents, 1, [0.5, 0.5], batch, config.options_for(name))
         timings[f"fuse:{name}"] = time.perf_counter() - start
-        if output.aligned is None:
-            skipped[name] = f"{method.title} builds a new model per weight (no aligned parents), so it has no straight path."
-            continue
         paths += aligned_paths(name, method.title, output, parents, batch, config.repair.statistics)
 
     curves, done, total = {}, 0, len(paths) * len(ts)

@@ -10,28 +10,29 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from .activations import CONV_MODES
+from .balancing import BALANCE_METHODS
 from .barrier import DEFAULT_POINTS, barrier_curves
+from .checkpoints import load_checkpoint, save_checkpoint
 from .compare import DEFAULT_FINETUNE_EPOCHS, compare_methods, comparison_records, markdown_table, metric_downstream, \
     metric_records
-from .balancing import BALANCE_METHODS
-from .checkpoints import load_checkpoint, save_checkpoint
+from .config import FLAT_NAMES, INSERTED_WEIGHTS, FusionConfig
 from .data import DATASETS, load_dataset
 from .devices import DEVICES
 from .errors import AlignmentError, FusionError
+from .interpolation import GROUPINGS, IMPORTANCES, InterpOptions
 from .many import fuse_many, normalised_weights
-from .models import build_model
 from .methods import METHODS, get_method
+from .models import build_model
 from .otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, INPUT_SCALINGS, MARGINALS, SOLVERS
-from .config import INSERTED_WEIGHTS
 from .pipeline import compute_activations, compute_alignment, describe_model, order_pair, \
     probe_inputs, run_fusion
-from .config import FusionConfig
 from .similarity import METRICS
 from .train import OPTIMIZERS, TrainConfig, evaluate, train_model
 from .zoo import DEFAULT_PAIR, DEMO_PAIRS, DEMO_SETS, load_demo_pair, load_demo_set
@@ -85,6 +86,19 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
                         help="weight s of model B (0 = aligned A, 1 = B)")
     parser.add_argument("--input-scaling", default=DEFAULTS["input_scaling"], choices=INPUT_SCALINGS)
     parser.add_argument("--marginals", default=DEFAULTS["marginals"], choices=MARGINALS)
+    interp = InterpOptions()
+    parser.add_argument("--fusion-size", type=int, default=interp.fusion_size,
+                        help="interp: samples of its class-balanced fusion batch (train/validation)")
+    parser.add_argument("--grouping", default=interp.grouping, choices=GROUPINGS,
+                        help="interp: K-means over all parents' neurons, or a one-to-one Hungarian match (2 parents)")
+    parser.add_argument("--importance", default=interp.importance, choices=IMPORTANCES,
+                        help="interp: neuron importance (uniform, or mean |conductance| for the true class)")
+    parser.add_argument("--ridge", type=float, default=interp.ridge,
+                        help="interp: relative ridge of the fits (default: chosen on held-out fusion samples)")
+    parser.add_argument("--restarts", type=int, default=interp.restarts, help="interp: K-means restarts")
+    parser.add_argument("--iterations", type=int, default=interp.iterations, help="interp: K-means iterations")
+    parser.add_argument("--interp-seed", type=int, default=interp.interp_seed,
+                        help="interp: seed of the held-out split, conv row sample and restarts")
     parser.add_argument("--no-repair", dest="repair", action="store_false", help="skip statistics repair")
     parser.add_argument("--no-bn-reset", dest="bn_reset", action="store_false",
                         help="keep the transported BatchNorm statistics")
@@ -224,15 +238,13 @@ def _names(text: str) -> list[str]:
 
 def _config(args: argparse.Namespace, **overrides) -> FusionConfig:
     """The run config: ``--config FILE`` if given, then the flags the user typed on top of it (without a
-    file, every flag, defaults included)."""
-    names = set(FusionConfig().flat())
-    if getattr(args, "config_path", None):
-        base = FusionConfig.load(args.config_path)
-        values = {k: v for k, v in vars(args).items() if k in names and k in args.given}
-    else:
-        base = FusionConfig()
-        values = {k: v for k, v in vars(args).items() if k in names}
-    return base.replace(**{**values, **overrides})
+    file, every flag, defaults included). Only the chosen method's option flags apply."""
+    from_file = bool(getattr(args, "config_path", None))
+    base = FusionConfig.load(args.config_path) if from_file else FusionConfig()
+    method = args.method if not from_file or "method" in args.given else base.fusion.name
+    names = set(FLAT_NAMES) | {"seed", "device"} | {f.name for f in fields(get_method(method).options_type)}
+    values = {k: v for k, v in vars(args).items() if k in names and (not from_file or k in args.given)}
+    return base.replace(**{**values, "method": method, **overrides})
 
 
 def _load_models(args: argparse.Namespace, info) -> tuple:

@@ -73,7 +73,7 @@ from .data import DataSplits
 from .errors import AlignmentError, FusionError
 from .layers import WeightLayer, model_view
 from .train import Progress
-from .otfusion import Transport, _correct_input, _params
+from .otfusion import Transport, correct_input, layer_tensors
 
 GROUPINGS = ("kmeans", "hungarian")
 IMPORTANCES = ("uniform", "conductance")
@@ -91,7 +91,7 @@ class InterpOptions:
 
     ``fusion_size`` is the number of fusion-batch samples used (the first ones given; the caller draws
     them, e.g. with :func:`fusion_batch`). ``ridge`` is relative, ``λ = ridge · tr(ZᵀZ)/d``; None
-    chooses it per layer on a held-out 20 % of the batch. ``seed`` fixes that split, the conv row
+    chooses it per layer on a held-out 20 % of the batch. ``interp_seed`` fixes that split, the conv row
     subsample and the K-means restarts.
     """
 
@@ -101,7 +101,7 @@ class InterpOptions:
     ridge: float | None = None
     restarts: int = 3
     iterations: int = 30
-    seed: int = 0
+    interp_seed: int = 0
 
     def __post_init__(self):
         for name, allowed in (("grouping", GROUPINGS), ("importance", IMPORTANCES)):
@@ -485,8 +485,8 @@ def _effective(model: nn.Module, layer: WeightLayer) -> tuple[torch.Tensor, torc
 
     ``BN(W x + b) = γ (W x + b − μ)/√(σ² + ε) + β``: weight ``W·γ/√(σ²+ε)``, bias ``(b − μ)·γ/√(σ²+ε) + β``.
     """
-    params = _params(model, layer)
-    weight, bias = params["weight"], params.get("bias")
+    params = {k: v.detach() for k, v in layer_tensors(model, layer).items()}
+    weight, bias = params["weight"].reshape(params["weight"].shape[0], -1), params.get("bias")
     if layer.bn:
         scale = params["bn.weight"] / torch.sqrt(params["bn.running_var"] + model.get_submodule(layer.bn).eps)
         shift = (bias if bias is not None else 0.0) - params["bn.running_mean"]
@@ -502,7 +502,7 @@ def _prior(model: nn.Module, layer: WeightLayer, membership: torch.Tensor | None
     weight = weight.double()
     if membership is not None:
         ones = torch.ones(membership.shape[0], dtype=weight.dtype, device=weight.device)
-        weight = _correct_input(weight, Transport(membership, ones, membership.sum(0)), "sum")
+        weight = correct_input(weight, Transport(membership, ones, membership.sum(0)), "sum")
     return weight.T, None if bias is None else bias.double()
 
 
@@ -753,7 +753,7 @@ def interpolation_fuse(parents: list[nn.Module], reference: int, weights: list[f
     inputs, labels = inputs[:options.fusion_size], labels[:options.fusion_size]
     active = [k for k, w in enumerate(weights) if w > 0]
     importance = {k: _importances(parents[k], inputs, labels, options.importance, weights[k]) for k in active}
-    generator = torch.Generator().manual_seed(options.seed)
+    generator = torch.Generator().manual_seed(options.interp_seed)
     held_samples = torch.zeros(len(inputs), dtype=torch.bool)
     held_samples[torch.randperm(len(inputs), generator=generator)[:max(1, round(HOLDOUT_FRACTION * len(inputs)))]] = True
     fused = copy.deepcopy(parents[reference])
@@ -895,7 +895,7 @@ def _group(problem: _UnitProblem, fit: RidgeFit, options: InterpOptions, referen
         spans = torch.split(torch.arange(len(fits), device=device), problem.widths)
         return one_to_one(fits, projections, outside, problem.importance, spans[reference], spans[1 - reference])
     return weighted_kmeans(fits, projections, outside, problem.importance, problem.clusters, options.restarts,
-                           options.iterations, options.seed)
+                           options.iterations, options.interp_seed)
 
 
 def _mixer(labels: torch.Tensor, importance: torch.Tensor, clusters: int) -> torch.Tensor:
@@ -910,3 +910,32 @@ def _relative(residual: torch.Tensor, reference: torch.Tensor) -> float:
     """‖residual‖_F / ‖reference − its column means‖_F (0 when the reference is constant)."""
     spread = (reference - reference.mean(0)).norm()
     return float(residual.norm() / spread) if spread > 0 else 0.0
+
+
+class NeuronInterpolation:
+    """Neuron interpolation behind the fusion-method interface (:mod:`~clafusion_core.methods`)."""
+
+    name = "interp"
+    title = "Neuron interpolation (K-means fusion)"
+    options_type = InterpOptions
+    aligns = False        # it builds a new model from the parents' fits, with no aligned copy of each
+
+    def batch(self, splits: DataSplits, probe, options: InterpOptions):
+        """Its own labelled, class-balanced fusion batch of ``options.fusion_size`` train/val samples
+        (the probe batch is validation images only, fewer than a fan-in on small datasets)."""
+        from .methods import FusionBatch
+
+        return FusionBatch(*fusion_batch(splits, options.fusion_size, options.interp_seed))
+
+    def fuse(self, parents, reference, weights, batch, options=InterpOptions(), layer_weights=None):
+        from .methods import FusionOutput, check_parents
+
+        check_parents(parents, reference, weights)
+        if batch.labels is None:
+            raise AlignmentError("Neuron interpolation needs the labels of its fusion batch.")
+        result = interpolation_fuse(list(parents), reference, list(weights), batch.inputs, batch.labels, options)
+        warnings = list(result.warnings)
+        if layer_weights:   # the fits already follow each parent's own layers; per-layer weights do not apply
+            warnings.append("Neuron interpolation fits every layer to the parents' own neurons; the per-layer "
+                            "weights at inserted layers apply to OT only.")
+        return FusionOutput(result.model, result.membership, None, warnings, result.diagnostics)

@@ -150,7 +150,9 @@ def fuse_many(models: Sequence[nn.Module], splits: DataSplits, config: FusionCon
     report(0.35, f"fusion ({get_method(config.fusion.name).title})")
     start = time.perf_counter()
     batch = batch.to(device)
-    fused = get_method(config.fusion.name).fuse(parents, reference, weights, batch, config.fusion.options, layer_weights)
+    method = get_method(config.fusion.name)
+    method_batch = method.batch(splits, batch, config.fusion.options).to(device)
+    fused = method.fuse(parents, reference, weights, method_batch, config.fusion.options, layer_weights)
     repair = repair_and_reset(fused, parents, weights, layer_weights, batch, splits, config, device)
     timings["fusion"] = time.perf_counter() - start
 

@@ -61,6 +61,10 @@ class FusionMethod(Protocol):
     name: str
     title: str
     options_type: type
+    aligns: bool          # whether ``fuse`` returns the parents aligned onto the reference (a straight path)
+
+    def batch(self, splits, probe: FusionBatch, options) -> FusionBatch:
+        """The batch the method fits to: the shared probe batch, or one of its own drawn from ``splits``."""
 
     def fuse(self, parents: Sequence[nn.Module], reference: int, weights: Sequence[float], batch: FusionBatch,
              options, layer_weights: dict[str, Sequence[float]] | None = None) -> FusionOutput: ...
@@ -90,6 +94,10 @@ class OTFusion:
     name = "ot"
     title = "Optimal transport (OTFusion)"
     options_type = OTOptions
+    aligns = True
+
+    def batch(self, splits, probe: FusionBatch, options: OTOptions) -> FusionBatch:
+        return probe
 
     def align(self, parents: Sequence[nn.Module], reference: int, batch: FusionBatch,
               options: OTOptions) -> tuple[list[nn.Module], dict[str, list[np.ndarray]], list[str]]:
@@ -117,7 +125,13 @@ class OTFusion:
         return FusionOutput(weighted_average(aligned, weights, layer_weights), plans, aligned, warnings)
 
 
-METHODS: dict[str, FusionMethod] = {method.name: method for method in (OTFusion(),)}
+def _registered() -> dict[str, FusionMethod]:
+    from .interpolation import NeuronInterpolation
+
+    return {method.name: method for method in (OTFusion(), NeuronInterpolation())}
+
+
+METHODS: dict[str, FusionMethod] = _registered()
 
 
 def get_method(name: str) -> FusionMethod:

@@ -139,12 +139,13 @@ def layer_tensors(model: nn.Module, layer: WeightLayer) -> dict[str, torch.Tenso
     return out
 
 
-def _rows(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each tensor as ``[out, -1]`` values (a copy when the memory layout needs one, e.g. channels_last)."""
-    return {k: v.detach().reshape(v.shape[0], -1) for k, v in tensors.items()}
+def layer_rows(model: nn.Module, layer: WeightLayer) -> dict[str, torch.Tensor]:
+    """:func:`layer_tensors` as ``[out, -1]`` values (a copy when the memory layout needs one, e.g.
+    channels_last): one row per output neuron."""
+    return {k: v.detach().reshape(v.shape[0], -1) for k, v in layer_tensors(model, layer).items()}
 
 
-def _correct_input(weight: torch.Tensor, transport: Transport, scaling: str) -> torch.Tensor:
+def correct_input(weight: torch.Tensor, transport: Transport, scaling: str) -> torch.Tensor:
     """``W · T · diag(1/β)`` (average) or ``W · diag(1/α) · T`` (sum) on the input axis of [out, in·k].
 
     The input axis is channel-major (a conv's in-channels × kernel, or a flattened C×H×W map), so the
@@ -200,9 +201,9 @@ def align_onto(model: nn.Module, target: nn.Module, options: OTOptions = OTOptio
     transports: dict[str, Transport] = {}
     plans, messages = {}, []
     for layer in layers:
-        pa, pb = _rows(layer_tensors(model, layer)), _rows(layer_tensors(target, layer))
+        pa, pb = layer_rows(model, layer), layer_rows(target, layer)
         if layer.in_group is not None and options.input_correction:
-            pa["weight"] = _correct_input(pa["weight"], transports[layer.in_group], options.input_scaling)
+            pa["weight"] = correct_input(pa["weight"], transports[layer.in_group], options.input_scaling)
         if pa["weight"].shape[1] != pb["weight"].shape[1]:
             raise AlignmentError(f"Layer {layer.name} reads {pa['weight'].shape[1]} inputs in one model but "
                                  f"{pb['weight'].shape[1]} in the other; turn the input correction on.")

@@ -248,7 +248,9 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
     batch = batch.to(device)
     weights = [1 - config.fusion.weight, config.fusion.weight]
     layer_weights = inserted_layer_weights(balanced, config.fusion.weight, config.fusion.inserted)
-    fused = get_method(config.fusion.name).fuse(parents, 1, weights, batch, config.fusion.options, layer_weights)
+    method = get_method(config.fusion.name)
+    method_batch = method.batch(splits, batch, config.fusion.options).to(device)
+    fused = method.fuse(parents, 1, weights, method_batch, config.fusion.options, layer_weights)
     return fused, layer_weights, repair_and_reset(fused, parents, weights, layer_weights, batch, splits, config, device)
 
 

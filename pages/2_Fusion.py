@@ -6,6 +6,7 @@ from app_support import cached, state, ui, views
 from clafusion_core import pipeline, plots
 from clafusion_core.balancing import BALANCE_METHODS
 from clafusion_core.devices import DEVICES, cuda_available, device_label, resolve_device
+from clafusion_core.interpolation import GROUPINGS, IMPORTANCES
 from clafusion_core.methods import METHODS
 from clafusion_core.otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, SOLVERS
 from clafusion_core.config import INSERTED_WEIGHTS
@@ -18,6 +19,7 @@ SOLVER_LABELS = {"emd": "exact (EMD)", "sinkhorn": "Sinkhorn (entropic)"}
 DEVICE_LABELS = {"auto": "auto", "cpu": "CPU", "cuda": "CUDA"}
 INSERTED_LABELS = {"deeper": "keep A's layer", "average": "average with the identity"}
 CONV_GROUND_LABELS = {"positions": "every position", "pool": "channel means"}
+GROUPING_LABELS = {"kmeans": "K-means", "hungarian": "Hungarian (1:1)"}
 
 ui.setup_page("2 · Fusion")
 ui.page_header(2, "Fusion", "Make the two networks equally deep, then fuse them layer by layer with optimal transport.")
@@ -36,6 +38,12 @@ finds the plan `T` that moves A's neurons onto B's at the smallest total distanc
 weights, or between their activations on the probe batch). For equal widths `T` is a permutation; otherwise a
 neuron may be split over several partners. A's weights are re-ordered by `T` (and its inputs by the layer
 below's plan) and then averaged with B's: `W = (1 − s)·W_A + s·W_B`.
+
+**Neuron interpolation** (the other method) does not average weights at all. Layer by layer, on a labelled
+fusion batch, it fits every parent neuron's pre-activation by least squares from the inputs the *fused* network
+feeds that layer (so errors of the layers below are compensated), clusters all parents' neurons into the fused
+width with K-means on those fits (each neuron weighted by its importance), and makes each fused neuron the fit of
+its cluster's weighted mean pre-activation. The chart below then shows which cluster each of A's neurons joined.
 
 **Repair.** Averaging imperfectly matched neurons shrinks their signal; statistics repair rescales each fused
 neuron to the mean and spread its parents had on the probe batch. BatchNorm layers get their statistics
@@ -61,10 +69,21 @@ with left:
              persist_state="session", horizontal=True, disabled=st.session_state[state.BALANCE] != "add",
              help="Where B got an identity layer, averaging A's real layer with it gives a half-identity neither "
                   "network computed; by default the fused layer there is A's (weight 1).")
+is_ot = st.session_state[state.METHOD] == "ot"
 with middle:
-    st.radio("Ground metric", GROUND_METRICS, format_func=GROUND_LABELS.get, key=state.GROUND_METRIC, persist_state="session", horizontal=True,
+    if not is_ot:
+        st.select_slider("Fusion batch (interp)", [200, 500, 1000, 2000, 4000], key=state.INTERP_SIZE,
+                         persist_state="session", help="Labelled, class-balanced training/validation images the "
+                         "layers are fitted on; at least the largest fan-in where the data allows.")
+        st.radio("Grouping (interp)", GROUPINGS, format_func=GROUPING_LABELS.get, key=state.INTERP_GROUPING,
+                 persist_state="session", horizontal=True,
+                 help="K-means clusters all parents' neurons into the fused width; Hungarian matches them one to one.")
+        st.radio("Neuron importance (interp)", IMPORTANCES, key=state.INTERP_IMPORTANCE, persist_state="session",
+                 horizontal=True, help="Weights of the neurons in the clustering: uniform, or their mean |conductance| "
+                                       "for the true class on the fusion batch.")
+    st.radio("Ground metric", GROUND_METRICS, format_func=GROUND_LABELS.get, key=state.GROUND_METRIC, persist_state="session", horizontal=True, disabled=not is_ot,
              help="The distance between two neurons: of their activations on the probe batch, or of their weights.")
-    activations_metric = st.session_state[state.GROUND_METRIC] == "activations"
+    activations_metric = is_ot and st.session_state[state.GROUND_METRIC] == "activations"
     st.radio("Ground-metric activations", GROUND_ACTIVATIONS, format_func={"post": "after ReLU", "pre": "before ReLU"}.get,
              key=state.GROUND_ACTIVATION, persist_state="session", horizontal=True, disabled=not activations_metric,
              help="The OT ground metric's own choice (the cost matrix has its own on the Alignment page).")
@@ -72,9 +91,10 @@ with middle:
         st.radio("Ground-metric conv maps", GROUND_CONV_FEATURES, format_func=CONV_GROUND_LABELS.get,
                  key=state.GROUND_CONV_FEATURES, persist_state="session", horizontal=True, disabled=not activations_metric,
                  help="Compare channels on every position of their maps, or on their spatial means.")
-    st.radio("Transport solver", SOLVERS, format_func=SOLVER_LABELS.get, key=state.SOLVER, persist_state="session", horizontal=True)
+    st.radio("Transport solver", SOLVERS, format_func=SOLVER_LABELS.get, key=state.SOLVER, persist_state="session",
+             horizontal=True, disabled=not is_ot)
     st.select_slider("Sinkhorn regularisation", SINKHORN_REGS, key=state.SINKHORN_REG, persist_state="session",
-                     disabled=st.session_state[state.SOLVER] != "sinkhorn",
+                     disabled=not is_ot or st.session_state[state.SOLVER] != "sinkhorn",
                      help="Relative to the normalised cost: larger = smoother, less permutation-like plans.")
 with right:
     st.slider("Fusion weight s (share of B)", 0.0, 1.0, step=0.05, key=state.FUSION_WEIGHT, persist_state="session",
@@ -160,7 +180,8 @@ if fusion.layer_weights:
         f"`{layer}` {weights[0]:g} / {weights[1]:g}" for layer, weights in fusion.layer_weights.items()) +
         " — the fused layer under each inserted identity is A's own.")
 
-st.subheader("Transport plans")
+interp = fusion.config.fusion.name == "interp"
+st.subheader("Cluster membership" if interp else "Transport plans")
 plans = fusion.fused.plans(0)
 if plans:
     groups = list(plans)
@@ -170,8 +191,17 @@ if plans:
                  format_func=lambda g: views.plan_label(g, plans[g].shape))
     group = st.session_state[state.PLAN_GROUP]
     ui.chart(plots.transport_plan_heatmap(plans[group], title=group), key="fusion_plan")
-    st.caption("Row i, column k: how much of A's neuron i is moved onto B's neuron k. One dark cell per row is a "
+    st.caption("Row i, column k: A's neuron i went into fused neuron k (each fused neuron is the fit of its "
+               "cluster's weighted mean pre-activation; B's neurons are clustered too)." if interp else
+               "Row i, column k: how much of A's neuron i is moved onto B's neuron k. One dark cell per row is a "
                "permutation (a clean one-to-one match); spread-out rows mean A's neuron is shared.")
+    if interp:
+        diagnostics = {d["group"]: d for d in fusion.fused.diagnostics if d.get("group")}
+        if group in diagnostics:
+            d = diagnostics[group]
+            st.caption(f"Fit residual {d['fit_residual']:.3g} (relative), ridge {d['ridge']:.3g}, "
+                       f"{len(d['cluster_sizes'])} clusters of sizes {min(d['cluster_sizes'])}–{max(d['cluster_sizes'])}, "
+                       f"{d['mixed_groups']} mixing both parents.")
 else:
     st.caption("This run produced no transport plans.")
 
