@@ -42,6 +42,7 @@ MAX_ACTIVATION_VALUES = 2**28
 MAX_SPEC_CHARS = 10_000
 
 QUOTE_CHARS = 80
+QUOTE_PATH_CHARS = 400
 
 
 def megabytes(size: int) -> str:
@@ -61,6 +62,11 @@ def quote(text: object, limit: int = QUOTE_CHARS) -> str:
     return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
 
 
+def quote_path(path: object) -> str:
+    """A path for a message: escaped like :func:`quote`, but kept whole up to :data:`QUOTE_PATH_CHARS`."""
+    return quote(os.fspath(path) if isinstance(path, (str, os.PathLike)) else path, QUOTE_PATH_CHARS)
+
+
 def _kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a folder"
@@ -77,15 +83,15 @@ def regular_file_stat(path: str | os.PathLike, what: str, error: type[FusionErro
     """``os.stat`` of a path that must name an existing regular file (links are followed)."""
     text = os.fspath(path)
     if isinstance(text, bytes) or "\x00" in text:
-        raise error(f"The path {quote(text)} contains a NUL byte; give the path of a {what} file.")
+        raise error(f"The path {quote_path(text)} contains a NUL byte; give the path of a {what} file.")
     try:
         info = os.stat(text)
     except FileNotFoundError:
-        raise error(f"{quote(text)} does not exist; check the path to the {what} file.") from None
+        raise error(f"{quote_path(text)} does not exist; check the path to the {what} file.") from None
     except OSError as exc:
-        raise error(f"{quote(text)} cannot be read ({exc.strerror}); check the path and its permissions.") from None
+        raise error(f"{quote_path(text)} cannot be read ({exc.strerror}); check the path and its permissions.") from None
     if not stat.S_ISREG(info.st_mode):
-        raise error(f"{quote(text)} is {_kind(info.st_mode)}, not a file; give the path of a {what} file.")
+        raise error(f"{quote_path(text)} is {_kind(info.st_mode)}, not a file; give the path of a {what} file.")
     return info
 
 
@@ -96,7 +102,7 @@ def read_regular_file(path: str | os.PathLike, limit: int, what: str, error: typ
     and checked again on the open descriptor, so a file swapped for a pipe in between is refused too.
     """
     info = regular_file_stat(path, what, error)
-    name = quote(os.fspath(path))
+    name = quote_path(path)
     if info.st_size > limit:
         raise error(f"{name} is {megabytes(info.st_size)}, over the {megabytes(limit)} limit for a {what} file; "
                     "use a smaller file.")
