@@ -1,16 +1,19 @@
 """Command line: ``python -m clafusion_core {train,align,fuse,demo} ...``.
 
-User errors (a bad file, a missing dataset, an impossible alignment) print one sentence on stderr and
-exit with status 2 — never a traceback.
+User errors (a bad file, a missing dataset, an impossible alignment, an output folder that does not
+exist) print one sentence on stderr and exit with status 2 — never a traceback. Outputs are checked to
+be writable before any work starts. Ctrl-C exits with status 130; during a finetune it first writes
+the fused model from before the finetune (``--out``, ``--json``) and says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -21,16 +24,18 @@ from .balancing import BALANCE_METHODS
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import DATASETS, load_dataset
 from .devices import DEVICES
-from .errors import FusionError
+from .errors import FusionError, OutputError
 from .models import build_model
 from .otfusion import GROUND_METRICS, INPUT_SCALINGS, MARGINALS, SOLVERS
-from .pipeline import FusionConfig, compute_activations, compute_alignment, describe_model, order_pair, \
-    probe_inputs, run_fusion
+from .pipeline import FusionConfig, compute_activations, compute_alignment, describe_model, finetune_result, \
+    order_pair, probe_inputs, run_fusion
 from .similarity import METRICS
 from .train import OPTIMIZERS, TrainConfig, evaluate, train_model
+from .validation import check_finite_model, quote_path
 from .zoo import DEFAULT_PAIR, DEMO_PAIRS, load_demo_pair
 
 DEFAULTS = FusionConfig()
+INTERRUPTED = 130   # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
 
 
 def _progress_bar(description: str):
@@ -140,11 +145,34 @@ def _load_models(args: argparse.Namespace, info) -> tuple:
                  for path, arch in ((args.model_a, args.arch_a), (args.model_b, args.arch_b)))
 
 
+def check_writable(path: str | None) -> None:
+    """Refuse, before any work, an output path whose folder is missing or read-only (or that is a folder)."""
+    if path is None:
+        return
+    if "\x00" in path:
+        raise OutputError(f"The output path {quote_path(path)} contains a NUL byte; choose another path.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise OutputError(f"{quote_path(path)} is a folder; give a file name, e.g. {quote_path(os.path.join(path, 'out'))}.")
+    if not os.path.isdir(folder):
+        raise OutputError(f"The folder {quote_path(folder)} for {quote_path(path)} does not exist; create it first or "
+                          "choose another path.")
+    if not os.access(folder, os.W_OK) or os.path.exists(path) and not os.access(path, os.W_OK):
+        raise OutputError(f"{quote_path(path)} cannot be written (no permission); choose another path.")
+
+
+def _write(path: str, write) -> None:
+    try:
+        write()
+    except OSError as exc:
+        raise OutputError(f"{quote_path(path)} could not be written ({exc.strerror}); choose another path.") from None
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def _write_json(path: str | None, payload: dict) -> None:
     text = json.dumps(payload, indent=2)
     if path:
-        Path(path).write_text(text)
-        print(f"wrote {path}", file=sys.stderr)
+        _write(path, lambda: Path(path).write_text(text))
     else:
         print(text)
 
@@ -155,20 +183,23 @@ def _summary(result) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    training = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
+                           batch_size=args.batch_size, seed=args.seed)
+    check_writable(args.out)
     splits = load_dataset(args.dataset, args.data_root, seed=args.seed)
     torch.manual_seed(args.seed)
     model = build_model(args.arch, splits.info.input_shape, splits.info.num_classes)
     bar, update = _progress_bar(f"training {model.spec}")
-    train_model(model, splits.train, splits.val,
-                TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
-                            batch_size=args.batch_size, seed=args.seed), progress=update)
+    train_model(model, splits.train, splits.val, training, progress=update)
     bar.close()
-    save_checkpoint(model, args.out, dataset=args.dataset, extra={"seed": str(args.seed)})
+    check_finite_model(model, what="The trained model")
+    _write(args.out, lambda: save_checkpoint(model, args.out, dataset=args.dataset, extra={"seed": str(args.seed)}))
     print(f"{model.spec}: test accuracy {evaluate(model, splits.test) * 100:.2f} % -> {args.out}")
 
 
 def cmd_align(args: argparse.Namespace) -> None:
     config = _config(args)
+    check_writable(args.json_path)
     splits = load_dataset(args.dataset, args.data_root)
     model_a, model_b, swapped = order_pair(*_load_models(args, splits.info))
     start = time.perf_counter()
@@ -187,32 +218,53 @@ def cmd_align(args: argparse.Namespace) -> None:
     })
 
 
-def _fuse_and_report(model_a, model_b, splits, config: FusionConfig, args: argparse.Namespace) -> None:
+def _fuse_and_report(model_a, model_b, splits, config: FusionConfig, args: argparse.Namespace) -> int:
+    """Fuse, then finetune as a second step, so that Ctrl-C during the finetune still writes the model
+    fused before it (the status is then :data:`INTERRUPTED`, and the result's warnings say so)."""
     bar, update = _progress_bar("fusing")
-    result = run_fusion(model_a, model_b, splits, config, progress=update)
+    result = run_fusion(model_a, model_b, splits, replace(config, finetune_epochs=0),
+                        progress=lambda f, m: update(0.35 * f if config.finetune_epochs else f, m))
+    interrupted = False
+    if config.finetune_epochs > 0:
+        try:
+            finetune_result(result, splits, epochs=config.finetune_epochs,
+                            progress=lambda f, m: update(0.35 + 0.65 * f, m))
+            check_finite_model(result.fused_finetuned, what="The finetuned model")
+        except KeyboardInterrupt:
+            interrupted = True
+            kept = "the finetuned fused model" if result.fused_finetuned is not None else "the fused model from before it"
+            result.warnings.append(f"Finetuning was interrupted (Ctrl-C); kept {kept}.")
     bar.close()
     if args.out:
-        save_checkpoint(result.fused_finetuned or result.fused.model, args.out, dataset=config.dataset)
-        print(f"wrote {args.out}", file=sys.stderr)
+        _write(args.out, lambda: save_checkpoint(result.fused_finetuned or result.fused.model, args.out,
+                                                 dataset=config.dataset))
     _write_json(args.json_path, result.to_json())
     if args.json_path:
         print(_summary(result))
+    if interrupted:
+        print(f"interrupted: {result.warnings[-1]}" + (f" It is in {args.out}." if args.out else ""), file=sys.stderr)
+        return INTERRUPTED
+    return 0
 
 
-def cmd_fuse(args: argparse.Namespace) -> None:
+def cmd_fuse(args: argparse.Namespace) -> int:
     config = _config(args)
+    check_writable(args.json_path)
+    check_writable(args.out)
     splits = load_dataset(args.dataset, args.data_root)
     model_a, model_b = _load_models(args, splits.info)
-    _fuse_and_report(model_a, model_b, splits, config, args)
+    return _fuse_and_report(model_a, model_b, splits, config, args)
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
+def cmd_demo(args: argparse.Namespace) -> int:
     pair = DEMO_PAIRS[args.pair]
     config = _config(args, dataset=pair.dataset)
+    check_writable(args.json_path)
+    check_writable(args.out)
     bar, update = _progress_bar(f"demo pair '{pair.key}' (trained once, then cached)")
     model_a, model_b = load_demo_pair(pair.key, progress=update)
     bar.close()
-    _fuse_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
+    return _fuse_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
 
 
 COMMANDS = {"train": cmd_train, "align": cmd_align, "fuse": cmd_fuse, "demo": cmd_demo}
@@ -221,8 +273,10 @@ COMMANDS = {"train": cmd_train, "align": cmd_align, "fuse": cmd_fuse, "demo": cm
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        return COMMANDS[args.command](args) or 0
     except FusionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); nothing was written.", file=sys.stderr)
+        return INTERRUPTED

@@ -33,6 +33,7 @@ from .otfusion import FusedModel, OTOptions, fuse_models
 from .repair import repair_statistics
 from .similarity import METRICS, cost_matrix
 from .train import Progress, TrainConfig, evaluate, finetune, reset_batchnorm
+from .validation import check_finite_model
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,7 @@ def run_fusion(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, confi
                           warnings=warnings)
     if config.finetune_epochs > 0:
         finetune_result(result, splits, progress=lambda f, m: report(0.35 + 0.65 * f, m), on_epoch=on_epoch)
+    check_finite_model(result.fused.model, result.fused_finetuned)
     report(1.0, "done")
     return result
 
