@@ -61,6 +61,10 @@ class _Forbidden(Exception):
     """A global that is not a tensor rebuild function: a class or function reference."""
 
 
+class _TooMany(Exception):
+    """More tensors than :data:`~.validation.MAX_TENSORS`."""
+
+
 @dataclass(frozen=True)
 class Storage:
     key: str
@@ -184,7 +188,7 @@ class _Scanner(pickle.Unpickler):
             raise _Malformed("tensor")
         self.declared.tensors.append(tensor)
         if len(self.declared.tensors) > MAX_TENSORS:
-            raise _Malformed("too many tensors")
+            raise _TooMany()
         return tensor
 
     def _tensor_v2(self, storage, offset, shape, stride, requires_grad=False, hooks=None, metadata=None):
@@ -200,8 +204,11 @@ def is_dense(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     """Whether a strided layout covers exactly ``numel`` consecutive elements, each once.
 
     Ordered by stride, the dimensions longer than 1 must have strides ``1, n₁, n₁n₂, …``: a permuted
-    contiguous tensor passes; a zero stride (repeats), an overlap or a gap does not.
+    contiguous tensor passes; a zero stride (repeats), an overlap or a gap does not. An empty tensor
+    addresses nothing, so it is dense.
     """
+    if 0 in shape:
+        return True
     expected = 1
     for size, step in sorted(((s, t) for s, t in zip(shape, stride) if s > 1), key=lambda st: st[1]):
         if step != expected:
@@ -230,6 +237,8 @@ def _unpickle(file, declared: Declared, name: str):
         return _Scanner(file, declared).load()
     except _Forbidden:
         raise pickled_objects(name) from None
+    except _TooMany:
+        raise CheckpointError(f"{name} holds more than {MAX_TENSORS:,} tensors; load a smaller checkpoint.") from None
     except _Unsupported as exc:
         raise CheckpointError(f"{name} holds a {exc} tensor, which cannot run in a model here; save a state_dict "
                               "of plain dense tensors (model.state_dict()).") from None
@@ -249,7 +258,9 @@ def _scan_zip(data: bytes, name: str, limit: int) -> Declared:
     except Exception:
         raise unreadable(name) from None
     names = [info.filename for info in infos]
-    if not infos or len(set(names)) != len(names) or len(infos) > MAX_TENSORS + 16 or "/" not in names[0]:
+    if len(infos) > MAX_TENSORS + 16:
+        raise CheckpointError(f"{name} holds more than {MAX_TENSORS:,} tensors; load a smaller checkpoint.")
+    if not infos or len(set(names)) != len(names) or "/" not in names[0]:
         raise unreadable(name)
     declared = Declared(inflated_bytes=sum(info.file_size for info in infos))
     if declared.inflated_bytes > limit:
