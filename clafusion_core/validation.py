@@ -113,7 +113,10 @@ def read_regular_file(path: str | os.PathLike, limit: int, what: str, error: typ
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise error(f"{name} is not a regular file; give the path of a {what} file.")
-        data = handle.read(limit + 1)
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:  # e.g. /proc/self/mem, which stat calls a regular file
+            raise error(f"{name} cannot be read ({exc.strerror}); give the path of a {what} file.") from None
     if len(data) > limit:
         raise error(f"{name} grew past the {megabytes(limit)} limit for a {what} file while it was read; "
                     "use a smaller file.")
