@@ -8,7 +8,8 @@ an unpickler whose every global is an inert stand-in, and checks what the file d
 inflated sizes, each storage's dtype and element count, each tensor's offset, shape and strides —
 before the loader hands the bytes to ``torch.load``:
 
-* the records (zip) or storages (legacy format) fit the byte budget and the bytes the file holds;
+* the records (zip) or storages (legacy format) fit the byte budget and the bytes the file holds, and
+  compressed records inflate to at most :data:`~.validation.MAX_INFLATION_RATIO` times the file;
 * every tensor is a plain dense tensor inside its storage: its elements, ordered by stride, are laid
   out with strides ``1, n₁, n₁n₂, …`` (a transposed copy is fine; a zero stride, an overlap or a view
   that skips elements is not);
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import CheckpointError
-from .validation import MAX_TENSORS, megabytes
+from .validation import MAX_INFLATION_RATIO, MAX_TENSORS, megabytes
 
 #: Largest pickle part of a checkpoint (about 150 bytes per tensor in a ``torch.save`` state_dict).
 MAX_PICKLE_BYTES = 16 * 2**20
@@ -265,6 +266,10 @@ def _scan_zip(data: bytes, name: str, limit: int) -> Declared:
     declared = Declared(inflated_bytes=sum(info.file_size for info in infos))
     if declared.inflated_bytes > limit:
         raise _over_budget(name, declared.inflated_bytes, limit)
+    if declared.inflated_bytes > MAX_INFLATION_RATIO * len(data) + 2**20:
+        raise CheckpointError(f"{name} is {megabytes(len(data))} but its compressed records would inflate to "
+                              f"{megabytes(declared.inflated_bytes)}, more than {MAX_INFLATION_RATIO}× its size; "
+                              "save it again with torch.save, which does not compress.")
     prefix = names[0].split("/", 1)[0] + "/"
     sizes = dict(zip(names, (info.file_size for info in infos)))
     pickle_name = prefix + "data.pkl"

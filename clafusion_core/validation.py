@@ -25,6 +25,9 @@ from .errors import FusionError, NumericalError
 
 #: Largest local file read (a checkpoint or one dataset file), and the most its records may inflate to.
 MAX_FILE_BYTES = 4 * 2**30
+#: Compressed records of a checkpoint may inflate to at most this many times the file's size (torch.save
+#: stores its records uncompressed, so a plain file never comes near; a 2 MB file that inflates to 2 GB does).
+MAX_INFLATION_RATIO = 4
 #: Largest dataset file after decompression (an IDX file or a CIFAR batch).
 MAX_DATASET_FILE_BYTES = 2 * 2**30
 #: Largest safetensors JSON header (the tensor table and the metadata).

@@ -93,11 +93,18 @@ def test_a_deflated_record_over_the_upload_budget_is_refused_before_inflating(no
     assert_one_sentence(str(err.value))
 
 
+def test_a_local_file_inflating_beyond_four_times_its_size_is_refused(tmp_path, no_torch_load):
+    path = tmp_path / "bomb.pt"
+    path.write_bytes(deflate_bomb(10_000_000))
+    with pytest.raises(CheckpointError, match=r"would inflate to 38\.1 MB, more than 4× its size"):
+        load_checkpoint(path)
+
+
 def test_a_deflated_record_within_budget_still_loads():
     bomb = deflate_bomb(1000)
     sd = torch.load(io.BytesIO(bomb), weights_only=True)
     assert sd["w"].shape == (1000,)
-    torchfile.scan(bomb, "x", 10**6)  # within budget: the scan accepts it
+    torchfile.scan(bomb, "x", 10**6)  # within budget and 4× its size: the scan accepts it
 
 
 def test_a_legacy_storage_declared_larger_than_the_file_is_refused_before_allocating(no_torch_load):
@@ -612,8 +619,10 @@ def test_train_config_refuses_what_torch_would_fail_on():
 # --------------------------------------------------------------------------------------------- Sinkhorn
 
 def fifty_iterations(monkeypatch, iterations: int = 50) -> None:
-    """Cap Sinkhorn at ``iterations`` per attempt on a 60×40 plan (the cap is what is tested, not its size)."""
-    monkeypatch.setattr("clafusion_core.otfusion.SINKHORN_WORK", (60 * 40 + otfusion.SINKHORN_OVERHEAD) * iterations)
+    """Cap Sinkhorn at ``iterations`` per attempt on a 60×40 plan, in chunks of 10 (the cap is what is
+    tested, not its size)."""
+    monkeypatch.setattr(otfusion, "SINKHORN_WORK", (60 * 40 + otfusion.SINKHORN_OVERHEAD) * iterations)
+    monkeypatch.setattr(otfusion, "SINKHORN_CHUNK", 10)
 
 
 def _problem(n=60, m=40, seed=0):
@@ -623,28 +632,38 @@ def _problem(n=60, m=40, seed=0):
 
 
 def test_sinkhorn_that_cannot_converge_falls_back_to_exact_with_a_message(monkeypatch):
+    fifty_iterations(monkeypatch)
     cost, alpha, beta = _problem()
-    fifty_iterations(monkeypatch)   # 50 iterations per attempt
-    plan, message = transport_plan(cost, alpha, beta, "sinkhorn", reg=1e-7)
+    plan, message = transport_plan(cost, alpha, beta, "sinkhorn", reg=1e-3)
     exact, _ = transport_plan(cost, alpha, beta, "emd")
-    assert "the exact solver was used instead" in message and "1e-07" in message
+    assert message.startswith("Sinkhorn at regularisation 0.001 (its marginals were off by")
+    assert "and at 0.01" in message and "the exact solver was used instead" in message
     assert torch.equal(plan, exact)
 
 
-def test_sinkhorn_falls_back_to_ten_times_the_regularisation_when_that_converges(monkeypatch):
+@pytest.mark.parametrize("reg", [1e-7, math.nan])
+def test_a_regularisation_below_the_floor_goes_straight_to_exact(reg, monkeypatch):
+    monkeypatch.setattr(otfusion, "_sinkhorn", lambda *a: pytest.fail("Sinkhorn ran"))
     cost, alpha, beta = _problem()
+    plan, message = transport_plan(cost, alpha, beta, "sinkhorn", reg=reg)
+    assert "cannot converge in bounded time" in message and "exact solver" in message
+    assert torch.equal(plan, transport_plan(cost, alpha, beta, "emd")[0])
+
+
+def test_sinkhorn_falls_back_to_ten_times_the_regularisation_when_that_converges(monkeypatch):
     fifty_iterations(monkeypatch)
+    cost, alpha, beta = _problem()
     plan, message = transport_plan(cost, alpha, beta, "sinkhorn", reg=0.005)
     reference, note = transport_plan(cost, alpha, beta, "sinkhorn", reg=0.05)
-    assert message.startswith("Sinkhorn at regularisation 0.005 did not converge in 50 iterations")
+    assert message.startswith("Sinkhorn at regularisation 0.005 did not converge within its iteration limit")
     assert "so 0.05 was used instead" in message and note is None
     assert torch.equal(plan, reference)
     assert marginal_error(plan, alpha, beta) <= MARGINAL_TOLERANCE
 
 
 def test_sinkhorn_within_tolerance_but_unconverged_is_used_and_said_so(monkeypatch):
-    cost, alpha, beta = _problem()
     fifty_iterations(monkeypatch)
+    cost, alpha, beta = _problem()
     plan, message = transport_plan(cost, alpha, beta, "sinkhorn", reg=0.02)
     error = marginal_error(plan, alpha, beta)
     assert 1e-6 < error <= MARGINAL_TOLERANCE
@@ -652,12 +671,23 @@ def test_sinkhorn_within_tolerance_but_unconverged_is_used_and_said_so(monkeypat
                        f"by at most {error:.2g} (relative).")
 
 
-def test_a_nan_regularisation_falls_back_to_exact(monkeypatch):
-    fifty_iterations(monkeypatch)
+def test_chunked_sinkhorn_equals_one_uninterrupted_run(monkeypatch):
+    """Oracle: POT's own single run with the same iteration count (warm starts continue, not restart)."""
+    import ot
+    fifty_iterations(monkeypatch, 120)
     cost, alpha, beta = _problem()
-    plan, message = transport_plan(cost, alpha, beta, "sinkhorn", reg=math.nan)
-    assert "gave NaN" in message
-    assert marginal_error(plan, alpha, beta) < 1e-9
+    normalised = cost / cost.max()
+    chunked, iterations, _ = otfusion._sinkhorn(alpha, beta, normalised, 0.02)
+    single = ot.sinkhorn(alpha, beta, normalised, 0.02, method="sinkhorn_log", numItermax=iterations,
+                         stopThr=1e-9, warn=False)
+    assert torch.allclose(chunked, single, rtol=1e-12, atol=1e-15)
+
+
+def test_a_hopeless_attempt_is_abandoned_early_from_its_decay(monkeypatch):
+    fifty_iterations(monkeypatch, 5000)
+    cost, alpha, beta = _problem()
+    _, iterations, error = otfusion._sinkhorn(alpha, beta, cost / cost.max(), 1e-4)
+    assert error > MARGINAL_TOLERANCE and iterations < 5000
 
 
 @pytest.mark.parametrize("reg", [1e-3, 1e-6, 1e-9])
