@@ -29,6 +29,7 @@ from clafusion_core.checkpoints import CheckpointInfo
 from clafusion_core.devices import resolve_device
 from clafusion_core.errors import CheckpointError
 from clafusion_core.pipeline import Alignment, FusionConfig
+from clafusion_core.validation import regular_file_stat
 
 from . import state, ui
 from .state import ModelRef, PairChoice
@@ -85,12 +86,13 @@ def upload_key(data_bytes: bytes) -> str:
 
 
 def path_key(path: str) -> str:
-    """A cache key that changes when the file does (absolute path, mtime, size)."""
+    """A cache key that changes when the file does (absolute path, mtime, size).
+
+    The path must name a regular file: a FIFO would block the server forever and ``/dev/zero``
+    would be read until memory runs out, so both are refused here, before anything opens them.
+    """
     absolute = os.path.abspath(os.path.expanduser(path))
-    try:
-        stat = os.stat(absolute)
-    except OSError:
-        raise CheckpointError(f"{path} does not exist or cannot be read; check the path to the checkpoint file.") from None
+    stat = regular_file_stat(absolute, "checkpoint", CheckpointError)
     return f"path:{absolute}:{stat.st_mtime_ns}:{stat.st_size}"
 
 

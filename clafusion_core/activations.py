@@ -12,6 +12,8 @@ recomputes them).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -29,22 +31,40 @@ def _as_matrix(output: torch.Tensor, conv: str) -> torch.Tensor:
     return output.flatten(1)
 
 
+def private_view(module: nn.Module) -> nn.Module:
+    """A copy of a module tree that shares its parameters and buffers but none of its mutable state.
+
+    Every module object is copied shallowly with its own submodule, parameter, buffer and hook dicts,
+    so hooks registered on the view, or ``eval()`` called on it, never reach the original. Models
+    cached by a server are shared between sessions: registering hooks on them directly lets one
+    session's forward pass write into another's activations.
+    """
+    view = copy.copy(module)
+    state = dict(module.__dict__)
+    for key, value in state.items():
+        if "hooks" in key and isinstance(value, dict):
+            state[key] = value.copy()
+    state["_parameters"] = dict(module._parameters)
+    state["_buffers"] = dict(module._buffers)
+    state["_modules"] = {name: None if child is None else private_view(child) for name, child in module._modules.items()}
+    view.__dict__ = state
+    return view
+
+
 @torch.no_grad()
 def record_outputs(model: nn.Module, inputs: torch.Tensor, modules: set[str], batch_size: int = 1024) -> dict[str, torch.Tensor]:
-    """Run ``inputs`` through ``model`` (eval mode) and return the outputs of the named modules."""
+    """Run ``inputs`` through ``model`` (eval mode) and return the outputs of the named modules.
+
+    The hooks go on a :func:`private_view` of the model, so concurrent calls on one shared model (two
+    app sessions) each see only their own outputs, and the model itself is never changed.
+    """
+    view = private_view(model).eval()
     outputs: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
-    handles = [model.get_submodule(name).register_forward_hook(
-        lambda _m, _i, out, name=name: outputs[name].append(out.detach().clone()))
-        for name in modules]
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(inputs), batch_size):
-            model(inputs[start:start + batch_size])
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    for name in modules:
+        view.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: outputs[name].append(out.detach().clone()))
+    for start in range(0, len(inputs), batch_size):
+        view(inputs[start:start + batch_size])
     return {name: torch.cat(chunks) for name, chunks in outputs.items()}
 
 

@@ -19,6 +19,7 @@ import os
 import pickle
 import re
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 
 import safetensors.torch
@@ -26,14 +27,18 @@ import torch
 from torch import nn
 from torchvision.models.vgg import cfgs as TORCHVISION_VGG_CFGS
 
+from . import torchfile
 from .errors import ArchError, CheckpointError
 from .models import TV_CLASSIFIER, VGG_NAMES, ArchSpec, build_model, parse_arch, vgg_stages
+from .torchfile import is_dense, pickled_objects, unreadable
+from .validation import MAX_FILE_BYTES, MAX_HEADER_BYTES, MAX_TENSORS, quote, read_regular_file
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 FORMAT = "clafusion-explorer/1"
 WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
 RESERVED_METADATA = ("format", "arch", "dataset", "num_classes", "input_shape")
 TV_HEAD_POOL = 7 * 7
+MAX_LAYER_INDEX = 10_000   # the largest layer index a key may carry (``features.N.weight``, ``fc{N}``, ...)
 
 
 @dataclass
@@ -98,77 +103,83 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, dataset: str,
 
 # ----------------------------------------------------------------------------------------- reading
 
-def _read_source(source: str | os.PathLike | bytes, name: str) -> tuple[bytes, str]:
-    """The file's bytes and the name to use in messages (a path's file name unless one was given).
+def _read_source(source: str | os.PathLike | bytes, name: str) -> tuple[bytes, str, int]:
+    """The file's bytes, the name to use in messages and the byte budget its tensor data must fit.
 
-    Only in-memory bytes (uploads) are held to :data:`MAX_UPLOAD_BYTES`, like Streamlit's own upload
-    limit; local files given to the CLI may be as large as the machine allows.
+    In-memory bytes (uploads) are held to :data:`MAX_UPLOAD_BYTES`, like Streamlit's own upload limit,
+    and may not inflate beyond it either; local files to :data:`~.validation.MAX_FILE_BYTES`. A path
+    must name a regular file (never a pipe, a device or a folder).
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
+        data, name = bytes(source), quote(name)
         if len(data) > MAX_UPLOAD_BYTES:
             limit = MAX_UPLOAD_BYTES / 2**20
             raise CheckpointError(f"{name} is {len(data) / 2**20:.1f} MB, over the {limit:.0f} MB upload limit; "
                                   "upload a smaller checkpoint or load it from a local path with the CLI.")
-        return data, name
+        return data, name, MAX_UPLOAD_BYTES
     path = os.fspath(source)
     if name == "checkpoint":
         name = os.path.basename(path) or path
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(), name
-    except FileNotFoundError:
-        raise CheckpointError(f"{name} does not exist; check the path to the checkpoint file.") from None
-    except OSError as exc:
-        raise CheckpointError(f"{name} cannot be read ({exc.strerror}); check the path and its permissions.") from None
-
-
-def _corrupt(name: str) -> CheckpointError:
-    return CheckpointError(f"{name} is not a readable safetensors or PyTorch checkpoint (it may be truncated); "
-                           "export it again.")
+    return read_regular_file(path, MAX_FILE_BYTES, "checkpoint", CheckpointError), quote(name), MAX_FILE_BYTES
 
 
 def _safetensors_header(data: bytes) -> dict | None:
-    """The parsed JSON header if ``data`` is laid out as safetensors (8-byte length + JSON), else None."""
+    """The parsed JSON header if ``data`` is laid out as safetensors (8-byte length + JSON), else None.
+
+    A header over :data:`~.validation.MAX_HEADER_BYTES` or nested too deeply for the JSON parser is
+    not one safetensors writes.
+    """
     if len(data) < 10:
         return None
     (size,) = struct.unpack("<Q", data[:8])
-    if size > len(data) - 8 or data[8:9] != b"{":
+    if size > min(len(data) - 8, MAX_HEADER_BYTES) or data[8:9] != b"{":
         return None
     try:
         header = json.loads(data[8:8 + size])
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return header if isinstance(header, dict) else None
 
 
 def _read_safetensors(data: bytes, header: dict, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a safetensors file (whose library checks every offset against the data)."""
+    if len(header) > MAX_TENSORS + 1:
+        raise CheckpointError(f"{name} holds {len(header) - 1:,} tensors, over the limit of {MAX_TENSORS:,}; "
+                              "load a smaller checkpoint.")
     try:
         tensors = safetensors.torch.load(data)
     except Exception:  # safetensors raises its own SafetensorError for every kind of damage
-        raise _corrupt(name) from None
+        raise unreadable(name) from None
     meta = header.get("__metadata__") or {}
     return dict(tensors), {str(k): str(v) for k, v in meta.items()}
 
 
-def _read_torch(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A ``torch.save`` file read with ``weights_only=True``: tensors and plain containers only."""
+def _read_torch(data: bytes, name: str, limit: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A ``torch.save`` file: its declared sizes checked first (:func:`.torchfile.scan`), then read with
+    ``weights_only=True`` (tensors and plain containers only)."""
     if not data:
-        raise _corrupt(name)
+        raise unreadable(name)
+    torchfile.scan(data, name, limit)
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "unsupported global" in str(exc).lower():  # a class or function reference, e.g. a whole nn.Module
-            raise CheckpointError(f"{name} holds pickled Python objects (such as a whole model), which are never "
-                                  "loaded because they can run code; save model.state_dict() instead.") from None
-        raise _corrupt(name) from None
+            raise pickled_objects(name) from None
+        raise unreadable(name) from None
     except Exception:
-        raise _corrupt(name) from None
+        raise unreadable(name) from None
     return _unwrap(obj, name)
 
 
 def _is_state_dict(obj: object) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _scalar_text(value: object) -> str | None:
+    """A wrapper entry as informational text: plain scalars only, shortened (an int of a million digits is skipped)."""
+    if isinstance(value, int) and value.bit_length() > 64 or not isinstance(value, (str, int, float, bool)):
+        return None
+    return quote(value if isinstance(value, str) else repr(value), 200)
 
 
 def _unwrap(obj: object, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -182,8 +193,8 @@ def _unwrap(obj: object, name: str) -> tuple[dict[str, torch.Tensor], dict[str, 
     if isinstance(obj, dict):
         for key in WRAPPER_KEYS:
             if _is_state_dict(obj.get(key)):
-                extra = {str(k): str(v) for k, v in obj.items()
-                         if k != key and isinstance(v, (str, int, float, bool))}
+                extra = {quote(k, 40): text for k, v in obj.items()
+                         if k != key and isinstance(k, str) and (text := _scalar_text(v)) is not None}
                 return dict(obj[key]), extra
     raise CheckpointError(f"{name} holds no state_dict of tensors (nor one under {', '.join(WRAPPER_KEYS)}); "
                           "save model.state_dict() instead.")
@@ -196,12 +207,64 @@ def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = "module.") 
     return state_dict
 
 
-def _check_finite(state_dict: dict[str, torch.Tensor], name: str) -> None:
-    """Refuse NaN/inf weights; a finite sum proves a tensor finite, so the exact check runs rarely."""
-    for key, value in state_dict.items():
-        if value.is_floating_point() and not torch.isfinite(value.sum()) and not torch.isfinite(value).all():
-            raise CheckpointError(f"{name} contains NaN or infinite weights (first in {key}); "
+def _tensor_kind(value: torch.Tensor) -> str | None:
+    """What makes a loaded tensor unusable as a weight here (None for a plain dense CPU tensor)."""
+    if value.is_meta:
+        return "meta (data-free)"
+    if value.layout != torch.strided:
+        return "sparse"
+    if value.is_quantized:
+        return "quantised"
+    if value.is_complex():
+        return "complex"
+    if value.device.type != "cpu":
+        return value.device.type
+    return None
+
+
+def _checked_tensor(key: object, value: torch.Tensor, name: str) -> torch.Tensor:
+    """One entry of a state_dict, refused or made a plain dense float32 tensor (counters int64).
+
+    Floating dtypes (float16, bfloat16, float64, float8) are converted *before* the finiteness check,
+    so float64 values beyond float32's range (1e300) are caught as the infinities they become.
+    """
+    if not isinstance(key, str):
+        raise CheckpointError(f"{name} has a key {quote(key)} that is not text, which a state_dict never has; "
+                              "save model.state_dict() instead.")
+    label = quote(key)
+    kind = _tensor_kind(value)
+    if kind is not None:
+        raise CheckpointError(f"{name} stores {label} as a {kind} tensor, which cannot run in a model here; save a "
+                              "state_dict of plain dense tensors (model.state_dict()).")
+    if value.numel() and (not is_dense(tuple(value.shape), value.stride()) or
+                          (value.storage_offset() + value.numel()) * value.element_size()
+                          > value.untyped_storage().nbytes()):
+        raise CheckpointError(f"{name} stores {label} as a view whose strides repeat or skip elements (a zero-stride "
+                              "or overlapping view); save model.state_dict() with plain tensors.")
+    if value.is_floating_point():
+        value = value.to(torch.float32).contiguous()
+        if not torch.isfinite(value.sum()) and not torch.isfinite(value).all():  # a finite sum proves it finite
+            raise CheckpointError(f"{name} contains NaN or infinite weights, or weights beyond float32's range "
+                                  f"(first in {label}); retrain or export it again.")
+        if key.endswith("running_var") and bool((value < 0).any()):
+            raise CheckpointError(f"{name} has negative BatchNorm variances in {label}, which no trained model has; "
                                   "retrain or export it again.")
+        return value
+    if key.endswith("num_batches_tracked") and value.numel() == 1 and value.dtype != torch.bool:
+        return value.to(torch.int64).reshape(())
+    raise CheckpointError(f"{name} stores {label} as {str(value.dtype).removeprefix('torch.')} values, but weights "
+                          "must be floating point; export the model with float32 weights.")
+
+
+def _checked_tensors(state_dict: dict, name: str) -> dict[str, torch.Tensor]:
+    """Every entry checked by :func:`_checked_tensor`; tensors sharing memory get their own copy, so that
+    training or fusing one never changes another."""
+    if len(state_dict) > MAX_TENSORS:
+        raise CheckpointError(f"{name} holds {len(state_dict):,} tensors, over the limit of {MAX_TENSORS:,}; "
+                              "load a smaller checkpoint.")
+    checked = {key: _checked_tensor(key, value, name) for key, value in state_dict.items()}
+    shared = Counter(v.untyped_storage().data_ptr() for v in checked.values() if v.numel())
+    return {k: v.clone() if v.numel() and shared[v.untyped_storage().data_ptr()] > 1 else v for k, v in checked.items()}
 
 
 # ----------------------------------------------------------------------------------- arch inference
@@ -213,19 +276,30 @@ def _unknown_layout(detail: str = "") -> ArchError:
 
 
 def _indexed(keys: list[str], pattern: str) -> list[int]:
-    """Sorted distinct integers captured by ``pattern``'s first group over ``keys``."""
-    regex = re.compile(pattern)
-    return sorted({int(m.group(1)) for k in keys if (m := regex.fullmatch(k))})
+    """Sorted distinct integers captured by ``pattern``'s first group over ``keys`` (ASCII digits).
+
+    An index over :data:`MAX_LAYER_INDEX` is refused: a layout is rebuilt from its indices (pools
+    between VGG convs, say), so ``features.100000000.weight`` would otherwise cost a 10⁸-entry list.
+    """
+    regex = re.compile(pattern.replace(r"\d", "[0-9]"))
+    found = sorted({int(m.group(1)) for k in keys if (m := regex.fullmatch(k))})
+    if found and found[-1] > MAX_LAYER_INDEX:
+        raise _unknown_layout(f", one with the layer index {found[-1]:,} (over {MAX_LAYER_INDEX:,}),")
+    return found
 
 
 def _prefix_renames(keys: list[str], prefixes: dict[str, str]) -> dict[str, str]:
-    """Key renames that replace each old module prefix (``"fc1."``) by a new one (``"hidden.0."``)."""
+    """Key renames that replace each old module prefix (``"fc1."``) by a new one (``"hidden.0."``).
+
+    Every prefix is a whole module path, so each key is looked up by its own module path: linear in
+    the number of keys, whatever the number of prefixes.
+    """
     renames = {}
     for key in keys:
-        for old, new in prefixes.items():
-            if key.startswith(old) and old != new:
-                renames[key] = new + key[len(old):]
-                break
+        module = key.rpartition(".")[0] + "."
+        new = prefixes.get(module)
+        if new is not None and new != module:
+            renames[key] = new + key[len(module):]
     return renames
 
 
@@ -404,7 +478,7 @@ def _dispatch(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
     elif "fc1.weight" in shapes and all(re.fullmatch(r"fc\d+\.(weight|bias)", k) for k in keys):
         spec, renames = _infer_fc_mlp(shapes)
     else:
-        raise _unknown_layout(f", starting with {keys[0]!r}," if keys else ", none at all,")
+        raise _unknown_layout(f", starting with '{quote(keys[0])}'," if keys else ", none at all,")
     return spec, renames
 
 
@@ -420,33 +494,53 @@ def _fold_conv_bias(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     for key in [k for k in state_dict if k.endswith(".conv.bias")]:
         mean_key = key[: -len("conv.bias")] + "bn.running_mean"
         if mean_key in out:
-            out[mean_key] = out[mean_key] - out.pop(key).to(out[mean_key].dtype)
+            bias, mean = out.pop(key), out[mean_key]
+            if bias.shape != mean.shape:
+                raise CheckpointError(f"The conv bias {quote(key)} has shape {tuple(bias.shape)} but its BatchNorm "
+                                      f"has {tuple(mean.shape)}; pass the right --arch / choose the right "
+                                      "architecture.")
+            out[mean_key] = mean - bias
     return out
 
 
-def _first_layer_inputs(spec: ArchSpec, state_dict: dict[str, torch.Tensor]) -> int | None:
+def _size_of(state_dict: dict[str, torch.Tensor], key: str, rank: int, axis: int, name: str) -> int | None:
+    """``state_dict[key].shape[axis]`` of a weight that must have ``rank`` dimensions (None if absent)."""
+    value = state_dict.get(key)
+    if value is None:
+        return None
+    if value.dim() != rank:
+        raise CheckpointError(f"{name}'s weight {quote(key)} has shape {tuple(value.shape)}, but a "
+                              f"{'Linear' if rank == 2 else 'conv'} weight is {rank}-D; pass the right --arch / "
+                              "choose the right architecture.")
+    return int(value.shape[axis])
+
+
+def _first_layer_inputs(spec: ArchSpec, state_dict: dict[str, torch.Tensor], name: str) -> int | None:
     """The first layer's input size: MLP in_features, CNN in_channels (None if the key is missing)."""
     if spec.family == "mlp":
-        key = "hidden.0.weight"
-    elif spec.family == "resnet":
-        key = "conv1.weight"
-    else:
-        convs = _indexed(list(state_dict), r"features\.(\d+)\.conv\.weight")
-        key = f"features.{convs[0]}.conv.weight" if convs else ""
-    return int(state_dict[key].shape[1]) if key in state_dict else None
+        return _size_of(state_dict, "hidden.0.weight", 2, 1, name)
+    if spec.family == "resnet":
+        return _size_of(state_dict, "conv1.weight", 4, 1, name)
+    convs = _indexed(list(state_dict), r"features\.(\d+)\.conv\.weight")
+    return _size_of(state_dict, f"features.{convs[0]}.conv.weight", 4, 1, name) if convs else None
 
 
-def _head_outputs(spec: ArchSpec, state_dict: dict[str, torch.Tensor]) -> int | None:
-    key = "fc.weight" if spec.family == "resnet" else "head.weight"
-    return int(state_dict[key].shape[0]) if key in state_dict else None
+def _head_outputs(spec: ArchSpec, state_dict: dict[str, torch.Tensor], name: str) -> int | None:
+    return _size_of(state_dict, "fc.weight" if spec.family == "resnet" else "head.weight", 2, 0, name)
+
+
+def _metadata_int(text: str | None) -> int | None:
+    """A whole number written in ASCII digits (``str.isdigit`` also accepts ``'²'``, which ``int`` refuses)."""
+    text = (text or "").strip()
+    return int(text) if re.fullmatch(r"[0-9]{1,9}", text) else None
 
 
 def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
     """``"1,8,8"`` -> ``(1, 8, 8)``; None when absent or malformed (then the shape is found otherwise)."""
-    parts = (text or "").split(",")
-    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+    parts = [_metadata_int(p) for p in (text or "").split(",")]
+    if len(parts) != 3 or None in parts:
         return None
-    c, h, w = (int(p) for p in parts)
+    c, h, w = parts
     return (c, h, w)
 
 
@@ -466,10 +560,10 @@ def _check_shapes(spec: ArchSpec, state_dict: dict[str, torch.Tensor], input_sha
                   num_classes: int, dataset: str, name: str) -> None:
     """Refuse a checkpoint whose first layer or head does not fit the chosen dataset."""
     fix = f"load a checkpoint trained on {dataset} or choose the matching dataset."
-    outputs = _head_outputs(spec, state_dict)
+    outputs = _head_outputs(spec, state_dict, name)
     if outputs is not None and outputs != num_classes:
         raise CheckpointError(f"{name} predicts {outputs} classes but {dataset} has {num_classes}; {fix}")
-    inputs = _first_layer_inputs(spec, state_dict)
+    inputs = _first_layer_inputs(spec, state_dict, name)
     c, h, w = input_shape
     if spec.family == "mlp" and inputs is not None and inputs != c * h * w:
         raise CheckpointError(f"{name} takes {inputs} input values but {dataset} images are {c}×{h}×{w} = "
@@ -487,7 +581,7 @@ def _check_fits(model: nn.Module, state_dict: dict[str, torch.Tensor], name: str
     if missing:
         raise CheckpointError(f"{name} does not fit {model.spec}: it lacks {missing[0]!r}; {fix}")
     if unexpected:
-        raise CheckpointError(f"{name} does not fit {model.spec}: it has an unexpected {unexpected[0]!r}; {fix}")
+        raise CheckpointError(f"{name} does not fit {model.spec}: it has an unexpected '{quote(unexpected[0])}'; {fix}")
     for key in expected:
         value = state_dict.get(key)
         if value is not None and tuple(value.shape) != tuple(expected[key].shape):
@@ -501,7 +595,7 @@ def _build_loaded(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes
 
     Falls back to an ordinary build if any tensor were left on the meta device.
     """
-    tensors = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state_dict.items()}
+    tensors = state_dict
     with torch.device("meta"):
         model = build_model(spec, input_shape, num_classes)
     _check_fits(model, tensors, name)
@@ -512,13 +606,27 @@ def _build_loaded(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes
     return model.float().eval()
 
 
-def _read(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
+@torch.no_grad()
+def _check_runs(model: nn.Module, name: str) -> None:
+    """One forward pass on a seeded standard-normal sample (the scale of normalised data): the model must
+    run and give finite logits, or the file is refused before it can replace a working model."""
+    sample = torch.randn((1, *model.input_shape), generator=torch.Generator().manual_seed(0))
+    try:
+        logits = model(sample)
+    except Exception as exc:  # noqa: BLE001 - whatever a broken model raises, the file is at fault
+        raise CheckpointError(f"{name} loads but cannot run ({type(exc).__name__}); export it again.") from None
+    if tuple(logits.shape) != (1, model.num_classes) or not torch.isfinite(logits).all():
+        raise CheckpointError(f"{name} gives NaN or infinite outputs on a sample input (its weights are too large or "
+                              "inconsistent); retrain or export it again.")
+
+
+def _read(data: bytes, name: str, limit: int) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
     """State_dict, metadata and source kind of a file's bytes (safetensors tried first)."""
     header = _safetensors_header(data)
     if header is not None:
         state_dict, meta = _read_safetensors(data, header, name)
         return state_dict, meta, "safetensors"
-    state_dict, extra = _read_torch(data, name)
+    state_dict, extra = _read_torch(data, name, limit)
     return state_dict, extra, "pt"
 
 
@@ -554,13 +662,13 @@ def _target(spec: ArchSpec, state_dict: dict[str, torch.Tensor], meta: dict[str,
     """
     ds_shape, ds_classes = _dataset_defaults(dataset if input_shape is None or num_classes is None else None)
     shape = input_shape or ds_shape or _parse_shape(meta.get("input_shape")) \
-        or _guess_input_shape(spec, _first_layer_inputs(spec, state_dict), name)
-    meta_classes = int(meta["num_classes"]) if meta.get("num_classes", "").isdigit() else None
-    classes = num_classes or ds_classes or meta_classes or _head_outputs(spec, state_dict)
+        or _guess_input_shape(spec, _first_layer_inputs(spec, state_dict, name), name)
+    meta_classes = _metadata_int(meta.get("num_classes"))
+    classes = num_classes or ds_classes or meta_classes or _head_outputs(spec, state_dict, name)
     if classes is None:
         raise CheckpointError(f"{name} has no classifier head to count its classes; choose the dataset it was "
                               "trained on.")
-    label = dataset or meta.get("dataset") or "the chosen dataset"
+    label = quote(dataset or meta.get("dataset") or "the chosen dataset")
     _check_shapes(spec, state_dict, tuple(shape), classes, label, name)
     return tuple(int(v) for v in shape), int(classes)  # type: ignore[return-value]
 
@@ -575,11 +683,11 @@ def load_checkpoint(source: str | os.PathLike | bytes, *, arch: str | None = Non
     to the file's metadata, then to what the weights say, and the weights must fit them. The model comes
     back in eval mode, float32, on the CPU, carrying ``spec``, ``input_shape`` and ``num_classes``.
     """
-    data, name = _read_source(source, name)
-    state_dict, strings, kind = _read(data, name)
+    data, name, limit = _read_source(source, name)
+    state_dict, strings, kind = _read(data, name, limit)
+    del data
     meta = strings if kind == "safetensors" else {}  # a .pt wrapper's entries are informational only
-    state_dict = _strip_prefix(state_dict)
-    _check_finite(state_dict, name)
+    state_dict = _strip_prefix(_checked_tensors(state_dict, name))
     try:
         spec, renames = _resolve_arch(arch, meta, state_dict)
     except ArchError as exc:
@@ -587,6 +695,7 @@ def load_checkpoint(source: str | os.PathLike | bytes, *, arch: str | None = Non
     state_dict = _fold_conv_bias({renames.get(k, k): v for k, v in state_dict.items()})
     shape, classes = _target(spec, state_dict, meta, input_shape, num_classes, dataset, name)
     model = _build_loaded(spec, shape, classes, state_dict, name)
+    _check_runs(model, name)
     extra = {k: v for k, v in strings.items() if kind == "pt" or k not in RESERVED_METADATA}
     info = CheckpointInfo(arch=str(spec), dataset=meta.get("dataset"), num_classes=classes,
                           input_shape=shape, source=kind, extra=extra)

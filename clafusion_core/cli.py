@@ -1,13 +1,16 @@
 """Command line: ``python -m clafusion_core {train,align,fuse,demo,barrier} ...``.
 
-User errors (a bad file, a missing dataset, an impossible alignment) print one sentence on stderr and
-exit with status 2 — never a traceback.
+User errors (a bad file, a missing dataset, an impossible alignment, an output folder that does not
+exist) print one sentence on stderr and exit with status 2 — never a traceback. Outputs are checked to
+be writable before any work starts. Ctrl-C exits with status 130; during a finetune it first writes
+the fused model from before the finetune (``--out``, ``--json``) and says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import fields
@@ -25,19 +28,21 @@ from .compare import DEFAULT_FINETUNE_EPOCHS, compare_methods, comparison_record
 from .config import FLAT_NAMES, INSERTED_WEIGHTS, FusionConfig
 from .data import DATASETS, load_dataset
 from .devices import DEVICES
-from .errors import AlignmentError, FusionError
+from .errors import AlignmentError, FusionError, OutputError
 from .interpolation import GROUPINGS, IMPORTANCES, InterpOptions
 from .many import fuse_many, normalised_weights
 from .methods import METHODS, get_method
 from .models import build_model
 from .otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, INPUT_SCALINGS, MARGINALS, SOLVERS
-from .pipeline import compute_activations, compute_alignment, describe_model, order_pair, \
+from .pipeline import compute_activations, compute_alignment, describe_model, finetune_result, order_pair, \
     probe_inputs, run_fusion
 from .similarity import METRICS
 from .train import OPTIMIZERS, TrainConfig, evaluate, train_model
+from .validation import check_finite_model, quote_path
 from .zoo import DEFAULT_PAIR, DEMO_PAIRS, DEMO_SETS, load_demo_pair, load_demo_set
 
 DEFAULTS = FusionConfig().flat()
+INTERRUPTED = 130   # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
 
 
 def _progress_bar(description: str):
@@ -241,7 +246,7 @@ def _config(args: argparse.Namespace, **overrides) -> FusionConfig:
     file, every flag, defaults included). Only the chosen method's option flags apply."""
     from_file = bool(getattr(args, "config_path", None))
     base = FusionConfig.load(args.config_path) if from_file else FusionConfig()
-    method = args.method if not from_file or "method" in args.given else base.fusion.name
+    method = getattr(args, "method", base.fusion.name) if not from_file or "method" in args.given else base.fusion.name
     names = set(FLAT_NAMES) | {"seed", "device"} | {f.name for f in fields(get_method(method).options_type)}
     values = {k: v for k, v in vars(args).items() if k in names and (not from_file or k in args.given)}
     return base.replace(**{**values, "method": method, **overrides})
@@ -255,13 +260,43 @@ def _load_models(args: argparse.Namespace, info) -> tuple:
                  for path, arch in zip(paths, archs))
 
 
+def check_writable(*paths: str | None) -> None:
+    """Refuse, before any work, an output path whose folder is missing or read-only (or that is a folder)."""
+    for path in paths:
+        if path is None:
+            continue
+        if "\x00" in path:
+            raise OutputError(f"The output path {quote_path(path)} contains a NUL byte; choose another path.")
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise OutputError(f"{quote_path(path)} is a folder; give a file name, e.g. "
+                              f"{quote_path(os.path.join(path, 'out'))}.")
+        if not os.path.isdir(folder):
+            raise OutputError(f"The folder {quote_path(folder)} for {quote_path(path)} does not exist; create it first "
+                              "or choose another path.")
+        if not os.access(folder, os.W_OK) or os.path.exists(path) and not os.access(path, os.W_OK):
+            raise OutputError(f"{quote_path(path)} cannot be written (no permission); choose another path.")
+
+
+def _write(path: str, write) -> None:
+    try:
+        write()
+    except OSError as exc:
+        raise OutputError(f"{quote_path(path)} could not be written ({exc.strerror}); choose another path.") from None
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def _write_json(path: str | None, payload: dict) -> None:
     text = json.dumps(payload, indent=2)
     if path:
-        Path(path).write_text(text)
-        print(f"wrote {path}", file=sys.stderr)
+        _write(path, lambda: Path(path).write_text(text))
     else:
         print(text)
+
+
+def _write_model(path: str | None, model, dataset: str) -> None:
+    if path:
+        _write(path, lambda: save_checkpoint(model, path, dataset=dataset))
 
 
 def _summary(result) -> str:
@@ -270,20 +305,23 @@ def _summary(result) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    training = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
+                           batch_size=args.batch_size, seed=args.seed)
+    check_writable(args.out)
     splits = load_dataset(args.dataset, args.data_root, seed=args.seed)
     torch.manual_seed(args.seed)
     model = build_model(args.arch, splits.info.input_shape, splits.info.num_classes)
     bar, update = _progress_bar(f"training {model.spec}")
-    train_model(model, splits.train, splits.val,
-                TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
-                            batch_size=args.batch_size, seed=args.seed), progress=update)
+    train_model(model, splits.train, splits.val, training, progress=update)
     bar.close()
-    save_checkpoint(model, args.out, dataset=args.dataset, extra={"seed": str(args.seed)})
+    check_finite_model(model, what="The trained model")
+    _write(args.out, lambda: save_checkpoint(model, args.out, dataset=args.dataset, extra={"seed": str(args.seed)}))
     print(f"{model.spec}: test accuracy {evaluate(model, splits.test) * 100:.2f} % -> {args.out}")
 
 
 def cmd_align(args: argparse.Namespace) -> None:
     config = _config(args)
+    check_writable(args.json_path)
     splits = load_dataset(args.dataset, args.data_root)
     model_a, model_b, swapped = order_pair(*_load_models(args, splits.info))
     start = time.perf_counter()
@@ -302,48 +340,62 @@ def cmd_align(args: argparse.Namespace) -> None:
     })
 
 
-def _fuse_and_report(model_a, model_b, splits, config: FusionConfig, args: argparse.Namespace) -> None:
+def _fuse_and_report(model_a, model_b, splits, config: FusionConfig, args: argparse.Namespace) -> int:
+    """Fuse, then finetune as a second step, so that Ctrl-C during the finetune still writes the model
+    fused before it (the status is then :data:`INTERRUPTED`, and the result's warnings say so)."""
     bar, update = _progress_bar("fusing")
-    result = run_fusion(model_a, model_b, splits, config, progress=update)
+    epochs = config.finetune.epochs
+    result = run_fusion(model_a, model_b, splits, config.replace(finetune_epochs=0),
+                        progress=lambda f, m: update(0.35 * f if epochs else f, m))
+    interrupted = False
+    if epochs > 0:
+        try:
+            finetune_result(result, splits, epochs=epochs, progress=lambda f, m: update(0.35 + 0.65 * f, m))
+            check_finite_model(result.fused_finetuned, what="The finetuned model")
+        except KeyboardInterrupt:
+            interrupted = True
+            kept = "the finetuned fused model" if result.fused_finetuned is not None else "the fused model from before it"
+            result.warnings.append(f"Finetuning was interrupted (Ctrl-C); kept {kept}.")
     bar.close()
-    if args.out:
-        save_checkpoint(result.fused_finetuned or result.fused.model, args.out, dataset=config.probe.dataset)
-        print(f"wrote {args.out}", file=sys.stderr)
+    _write_model(args.out, result.fused_finetuned or result.fused.model, config.probe.dataset)
     _write_json(args.json_path, result.to_json())
     if args.json_path:
         print(_summary(result))
+    if interrupted:
+        print(f"interrupted: {result.warnings[-1]}" + (f" It is in {args.out}." if args.out else ""), file=sys.stderr)
+        return INTERRUPTED
+    return 0
 
 
-def cmd_fuse(args: argparse.Namespace) -> None:
+def cmd_fuse(args: argparse.Namespace) -> int:
     config = _config(args)
+    check_writable(args.json_path, args.out)
     splits = load_dataset(args.dataset, args.data_root)
-    _fuse_any_and_report(_load_models(args, splits.info), splits, config, args)
+    return _fuse_any_and_report(_load_models(args, splits.info), splits, config, args)
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
+def cmd_demo(args: argparse.Namespace) -> int:
+    check_writable(args.json_path, getattr(args, "out", None))
     if args.set:
         demo = DEMO_SETS[args.set]
         bar, update = _progress_bar(f"demo set '{demo.key}' (trained once, then cached)")
         models = load_demo_set(demo.key, progress=update)
         bar.close()
-        _fuse_any_and_report(models, load_dataset(demo.dataset), _config(args, dataset=demo.dataset), args)
-        return
+        return _fuse_any_and_report(models, load_dataset(demo.dataset), _config(args, dataset=demo.dataset), args)
     pair = DEMO_PAIRS[args.pair]
     config = _config(args, dataset=pair.dataset)
     bar, update = _progress_bar(f"demo pair '{pair.key}' (trained once, then cached)")
     model_a, model_b = load_demo_pair(pair.key, progress=update)
     bar.close()
     if args.barrier:
-        _barrier_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
-        return
+        return _barrier_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
     if args.compare is not None:
         config = config.replace(finetune_epochs=args.compare)
-        _compare_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
-        return
-    _fuse_any_and_report((model_a, model_b), load_dataset(pair.dataset), config, args)
+        return _compare_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
+    return _fuse_any_and_report((model_a, model_b), load_dataset(pair.dataset), config, args)
 
 
-def _fuse_any_and_report(models, splits, config: FusionConfig, args: argparse.Namespace) -> None:
+def _fuse_any_and_report(models, splits, config: FusionConfig, args: argparse.Namespace) -> int:
     """Two models without ``--reference``: the pairwise fusion (``--weights`` become s); else :func:`fuse_many`."""
     if len(models) < 2:
         raise AlignmentError("Give at least two checkpoints to fuse.")
@@ -352,14 +404,11 @@ def _fuse_any_and_report(models, splits, config: FusionConfig, args: argparse.Na
             weights = normalised_weights(args.weights, 2)
             swapped = order_pair(*models)[2]   # s is the share of the shallower model (B once ordered)
             config = config.replace(fusion_weight=weights[0] if swapped else weights[1])
-        _fuse_and_report(*models, splits, config, args)
-        return
+        return _fuse_and_report(*models, splits, config, args)
     bar, update = _progress_bar(f"fusing {len(models)} models")
     result = fuse_many(models, splits, config, reference=args.reference, weights=args.weights, progress=update)
     bar.close()
-    if args.out:
-        save_checkpoint(result.fused_finetuned or result.fused.model, args.out, dataset=config.probe.dataset)
-        print(f"wrote {args.out}", file=sys.stderr)
+    _write_model(args.out, result.fused_finetuned or result.fused.model, config.probe.dataset)
     _write_json(args.json_path, result.to_json())
     if args.json_path:
         accuracy = result.accuracy
@@ -368,6 +417,7 @@ def _fuse_any_and_report(models, splits, config: FusionConfig, args: argparse.Na
         rows += [f"{name:>18}: {accuracy[name] * 100:6.2f} %" for name in ("ensemble", "vanilla", "fused_plain", "fused",
                                                                            "fused_finetuned") if accuracy[name] is not None]
         print("\n".join(["test accuracy", *rows]))
+    return 0
 
 
 def _barrier_and_report(model_a, model_b, splits, config: FusionConfig, args: argparse.Namespace) -> None:
@@ -396,11 +446,13 @@ def _compare_and_report(model_a, model_b, splits, config: FusionConfig, args: ar
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
+    check_writable(args.json_path)
     splits = load_dataset(args.dataset, args.data_root)
     _compare_and_report(*_load_models(args, splits.info), splits, _config(args), args)
 
 
 def cmd_barrier(args: argparse.Namespace) -> None:
+    check_writable(args.json_path)
     splits = load_dataset(args.dataset, args.data_root)
     _barrier_and_report(*_load_models(args, splits.info), splits, _config(args), args)
 
@@ -416,8 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     subparser = parser._subparsers._group_actions[0].choices[args.command]
     args.given = _given_options(subparser, argv)
     try:
-        COMMANDS[args.command](args)
+        return COMMANDS[args.command](args) or 0
     except FusionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); nothing was written.", file=sys.stderr)
+        return INTERRUPTED

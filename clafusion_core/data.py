@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import codecs
 import functools
-import gzip
+import io
+import math
 import os
 import pickle
 import struct
@@ -43,6 +44,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .errors import DatasetError
+from .validation import MAX_DATASET_FILE_BYTES, megabytes, quote_path, read_regular_file
 
 __all__ = [
     "DATASETS",
@@ -363,7 +365,7 @@ def _locate_idx(name: str, root_dir: str | None) -> tuple:
         raise DatasetError(f"{pretty} is read from local files: pass a data root holding {files_text}, "
                            f"flat or in torchvision's MNIST/raw/ subfolder.")
     if root_dir is not None and not os.path.isdir(root_dir):
-        raise DatasetError(f"The data root {root_dir} does not exist: pass a folder holding {files_text}, "
+        raise DatasetError(f"The data root {quote_path(root_dir)} does not exist: pass a folder holding {files_text}, "
                            f"flat or in its {_IDX_SUBDIR[name]}/ subfolder{apt_hint}.")
     folders = []
     if root_dir is not None:
@@ -390,7 +392,7 @@ def _locate_cifar(name: str, root_dir: str | None) -> tuple:
     if root_dir is None:
         raise DatasetError(f"{pretty} is read from local files: pass a data root and {howto}.")
     if not os.path.isdir(root_dir):
-        raise DatasetError(f"The data root {root_dir} does not exist: {howto}.")
+        raise DatasetError(f"The data root {quote_path(root_dir)} does not exist: {howto}.")
     # torchvision's layout first; the batch folder itself is accepted too.
     folders = [os.path.join(root_dir, folder_name), root_dir]
     folder, found, missing = _search_folders(folders, needed)
@@ -411,17 +413,37 @@ def _locate_cifar(name: str, root_dir: str | None) -> tuple:
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _read_bytes(path: str) -> bytes:
-    """The file's bytes, gunzipped when it is gzip-compressed (judged by its magic, not its name)."""
+def _read_file(path: str) -> bytes:
+    """A dataset file's bytes: a regular file within :data:`~.validation.MAX_DATASET_FILE_BYTES`."""
+    return read_regular_file(path, MAX_DATASET_FILE_BYTES, "dataset", DatasetError)
+
+
+def _gunzip(raw: bytes, limit: int, path: str, head: bool = False) -> bytes:
+    """Inflate gzip ``raw`` (one or more members) to at most ``limit`` bytes, never more.
+
+    With ``head`` the first ``limit`` bytes are returned as they are; otherwise more than ``limit``
+    bytes is an error, raised as soon as the ``limit + 1``-th byte appears (a 2 MB file that would
+    inflate to 2 GB costs ``limit`` bytes, not 2 GB).
+    """
+    out, rest = bytearray(), raw
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DatasetError(f"Could not read {path} ({exc}): replace it with an intact copy of "
+        while rest and len(out) <= limit:
+            stream = zlib.decompressobj(wbits=31)
+            out += stream.decompress(rest, limit + 1 - len(out))
+            if not stream.eof and not stream.unconsumed_tail and not head:
+                raise zlib.error("the compressed stream ends early")
+            if not stream.eof:
+                break
+            rest = stream.unused_data
+    except zlib.error as exc:
+        raise DatasetError(f"Could not read {quote_path(path)} ({exc}): replace it with an intact copy of "
                            f"{_base_name(path)}.") from None
-    return raw
+    if head:
+        return bytes(out[:limit])
+    if len(out) > limit:
+        raise DatasetError(f"{quote_path(path)} inflates to more than its header declares ({megabytes(limit)}): replace "
+                           f"it with an intact copy of {_base_name(path)}.")
+    return bytes(out)
 
 
 def _base_name(path: str) -> str:
@@ -429,46 +451,69 @@ def _base_name(path: str) -> str:
     return base[:-3] if base.endswith(".gz") else base
 
 
-def _read_idx(path: str) -> np.ndarray:
-    """Parse an IDX file: 2 zero bytes, a dtype code, the number of dims, big-endian uint32 dims, data."""
-    raw = _read_bytes(path)
+def _idx_header(head: bytes, path: str) -> tuple[int, tuple[int, ...], np.dtype]:
+    """The header size, dims and dtype an IDX file declares, its total size checked against the budget."""
     expected = _base_name(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{path} is not an IDX file (bad magic number): replace it with an intact copy "
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+        raise DatasetError(f"{quote_path(path)} is not an IDX file (bad magic number): replace it with an intact copy "
                            f"of {expected}.")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DatasetError(f"{path} is truncated (its header is incomplete): replace it with an intact copy "
+    header = 4 + 4 * head[3]
+    if len(head) < header:
+        raise DatasetError(f"{quote_path(path)} is truncated (its header is incomplete): replace it with an intact copy "
                            f"of {expected}.")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    count = int(np.prod(dims, dtype=np.int64))
-    size = header + count * dtype.itemsize
+    dims = struct.unpack(f">{head[3]}I", head[4:header])
+    dtype = np.dtype(_IDX_DTYPES[head[2]])
+    size = header + math.prod(dims) * dtype.itemsize   # Python ints: no overflow
+    if size > MAX_DATASET_FILE_BYTES:
+        raise DatasetError(f"{quote_path(path)} declares {' × '.join(map(str, dims))} values ({megabytes(size)}), over the "
+                           f"{megabytes(MAX_DATASET_FILE_BYTES)} limit for a dataset file: replace it with an intact "
+                           f"copy of {expected}.")
+    return header, dims, dtype
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """Parse an IDX file: 2 zero bytes, a dtype code, the number of dims, big-endian uint32 dims, data.
+
+    Gzipped files (judged by their magic, not their name) are inflated only as far as the header's
+    declared size, which is checked against the budget first.
+    """
+    raw = _read_file(path)
+    gzipped = raw[:2] == b"\x1f\x8b"
+    header, dims, dtype = _idx_header(_gunzip(raw, 4 + 4 * 255, path, head=True) if gzipped else raw[:4 + 4 * 255],
+                                      path)
+    size = header + math.prod(dims) * dtype.itemsize
+    if gzipped:
+        raw = _gunzip(raw, size, path)
     if len(raw) != size:
         what = "truncated" if len(raw) < size else "longer than its header says"
-        raise DatasetError(f"{path} is {what} ({len(raw)} bytes, expected {size}): replace it with an intact "
-                           f"copy of {expected}.")
-    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
+        raise DatasetError(f"{quote_path(path)} is {what} ({len(raw)} bytes, expected {size}): replace it with an intact "
+                           f"copy of {_base_name(path)}.")
+    return np.frombuffer(raw, dtype=dtype, count=math.prod(dims), offset=header).reshape(dims)
 
 
 def _read_idx_pair(images_path: str, labels_path: str, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
     images = _read_idx(images_path)
     labels = _read_idx(labels_path)
+    if images.dtype.kind == "f" and not np.isfinite(images).all():
+        raise DatasetError(f"{quote_path(images_path)} has NaN or infinite pixels: replace it with an intact copy of "
+                           f"{_base_name(images_path)}.")
     if images.ndim != 3 or images.shape[1:] != (info.height, info.width):
-        raise DatasetError(f"{images_path} holds images of shape {images.shape[1:]}, not "
+        raise DatasetError(f"{quote_path(images_path)} holds images of shape {images.shape[1:]}, not "
                            f"{info.height}x{info.width}: replace it with the {_base_name(images_path)} "
                            f"file of {_IDX_PRETTY[info.name]}.")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise DatasetError(f"{labels_path} has {labels.shape} labels for {images.shape[0]} images in "
-                           f"{images_path}: use the labels file that belongs to these images.")
+        raise DatasetError(f"{quote_path(labels_path)} has {labels.shape} labels for {images.shape[0]} images in "
+                           f"{quote_path(images_path)}: use the labels file that belongs to these images.")
     _check_labels(labels, info, labels_path)
     return images[:, None, :, :], labels.astype(np.int64)
 
 
 def _check_labels(labels: np.ndarray, info: DatasetInfo, path: str) -> None:
+    if labels.dtype.kind == "f" and not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+        raise DatasetError(f"{quote_path(path)} has labels that are not whole numbers (NaN, infinite or fractional): "
+                           f"replace it with an intact copy of the {info.name} file.")
     if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
-        raise DatasetError(f"{path} has labels outside 0..{info.num_classes - 1}: replace it with an intact "
+        raise DatasetError(f"{quote_path(path)} has labels outside 0..{info.num_classes - 1}: replace it with an intact "
                            f"copy of the {info.name} file.")
 
 
@@ -479,6 +524,28 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return codecs.encode(text, "latin1")
 
 
+def _bytes_only(function):
+    """``bytearray`` / numpy's ``_frombuffer`` restricted to data the pickle itself holds (``bytearray(10**12)``
+    would allocate a terabyte from a few bytes of pickle)."""
+    def guarded(data=b"", *args):
+        if not isinstance(data, (bytes, bytearray)):
+            raise DatasetError("Refused to load a pickle that asks for memory it does not hold; replace it with "
+                               "the file from the official python version of the dataset.")
+        return function(data, *args)
+    return guarded
+
+
+def _empty_array(reconstruct):
+    """numpy's ``_reconstruct``, which pickles call with shape ``(0,)`` before ``__setstate__`` fills the array
+    from the pickle's own bytes; any other shape would allocate memory the file never provides."""
+    def guarded(subtype, shape, dtype):
+        if not (isinstance(shape, tuple) and all(isinstance(n, int) for n in shape) and math.prod(shape) == 0):
+            raise DatasetError("Refused to load a pickle that asks for memory it does not hold; replace it with "
+                               "the file from the official python version of the dataset.")
+        return reconstruct(subtype, shape, dtype)
+    return guarded
+
+
 def _safe_globals() -> dict[tuple[str, str], object]:
     """The only globals a CIFAR pickle may name: what numpy needs to rebuild an array, and no more."""
     try:  # numpy >= 2
@@ -487,15 +554,15 @@ def _safe_globals() -> dict[tuple[str, str], object]:
         from numpy.core import multiarray, numeric  # type: ignore[no-redef]
     allowed: dict[tuple[str, str], object] = {}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "_reconstruct")] = _empty_array(multiarray._reconstruct)
         allowed[(module, "scalar")] = multiarray.scalar
     for module in ("numpy.core.numeric", "numpy._core.numeric"):
-        allowed[(module, "_frombuffer")] = numeric._frombuffer
+        allowed[(module, "_frombuffer")] = _bytes_only(numeric._frombuffer)
     allowed[("numpy", "ndarray")] = np.ndarray
     allowed[("numpy", "dtype")] = np.dtype
     allowed[("_codecs", "encode")] = _latin1_encode
     for module in ("builtins", "__builtin__"):
-        allowed[(module, "bytearray")] = bytearray
+        allowed[(module, "bytearray")] = _bytes_only(bytearray)
     return allowed
 
 
@@ -525,18 +592,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _load_pickle(path: str) -> dict:
     """Unpickle a CIFAR batch with :class:`_RestrictedUnpickler`; return it with str keys."""
+    raw = _read_file(path)
     try:
-        with open(path, "rb") as f:
-            unpickler = _RestrictedUnpickler(f, encoding="latin1")
-            unpickler.path = path
-            obj = unpickler.load()
+        unpickler = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1")
+        unpickler.path = quote_path(path)
+        obj = unpickler.load()
     except DatasetError:
         raise
     except Exception as exc:  # corrupt pickles raise anything from EOFError to TypeError
-        raise DatasetError(f"Could not read {path} ({type(exc).__name__}: {exc}): replace it with an intact "
+        raise DatasetError(f"Could not read {quote_path(path)} ({type(exc).__name__}): replace it with an intact "
                            f"copy of {os.path.basename(path)}.") from None
     if not isinstance(obj, dict):
-        raise DatasetError(f"{path} does not hold a CIFAR batch (a dict): replace it with an intact copy of "
+        raise DatasetError(f"{quote_path(path)} does not hold a CIFAR batch (a dict): replace it with an intact copy of "
                            f"{os.path.basename(path)}.")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
@@ -545,15 +612,15 @@ def _read_cifar_batch(path: str, label_key: str, info: DatasetInfo) -> tuple[np.
     batch = _load_pickle(path)
     data, labels = batch.get("data"), batch.get(label_key)
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels is None:
-        raise DatasetError(f"{path} is not a {info.name} batch (expected 'data' of shape [N, 3072] and "
+        raise DatasetError(f"{quote_path(path)} is not a {info.name} batch (expected 'data' of shape [N, 3072] and "
                            f"'{label_key}'): replace it with an intact copy of {os.path.basename(path)}.")
     try:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     except (TypeError, ValueError):
-        raise DatasetError(f"{path} has unreadable '{label_key}': replace it with an intact copy of "
+        raise DatasetError(f"{quote_path(path)} has unreadable '{label_key}': replace it with an intact copy of "
                            f"{os.path.basename(path)}.") from None
     if labels.shape[0] != data.shape[0]:
-        raise DatasetError(f"{path} has {labels.shape[0]} labels for {data.shape[0]} images: replace it "
+        raise DatasetError(f"{quote_path(path)} has {labels.shape[0]} labels for {data.shape[0]} images: replace it "
                            f"with an intact copy of {os.path.basename(path)}.")
     _check_labels(labels, info, path)
     return data.reshape(-1, 3, 32, 32), labels
@@ -627,17 +694,20 @@ def _read_source(name: str, source: tuple):
         paths = [key[0] for key in source[1:]]
         xtr, ytr = _read_idx_pair(paths[0], paths[1], info)
         xte, yte = _read_idx_pair(paths[2], paths[3], info)
-        return info, xtr, ytr, xte, yte
-    # cifar
-    _, train_files, _, label_key, _, names_key, _, _ = _CIFAR_LAYOUT[name]
-    keys, meta = source[1:-1], source[-1]
-    batches = [_read_cifar_batch(key[0], label_key, info) for key in keys]
-    xtr = np.concatenate([b[0] for b in batches[:-1]])
-    ytr = np.concatenate([b[1] for b in batches[:-1]])
-    xte, yte = batches[-1]
-    names = _cifar_class_names(meta[0] if meta else None, names_key, info.class_names)
-    if names != info.class_names:
-        info = DatasetInfo(info.name, info.channels, info.height, info.width, info.num_classes, names)
+    else:
+        _, train_files, _, label_key, _, names_key, _, _ = _CIFAR_LAYOUT[name]
+        keys, meta = source[1:-1], source[-1]
+        paths = [key[0] for key in keys]
+        batches = [_read_cifar_batch(path, label_key, info) for path in paths]
+        xtr = np.concatenate([b[0] for b in batches[:-1]])
+        ytr = np.concatenate([b[1] for b in batches[:-1]])
+        xte, yte = batches[-1]
+        names = _cifar_class_names(meta[0] if meta else None, names_key, info.class_names)
+        if names != info.class_names:
+            info = DatasetInfo(info.name, info.channels, info.height, info.width, info.num_classes, names)
+    if len(yte) == 0:
+        raise DatasetError(f"The test split ({quote_path(paths[-1])}) holds no images, so no accuracy can be "
+                           f"reported: replace it with an intact copy of {_base_name(paths[-1])}.")
     return info, xtr, ytr, xte, yte
 
 

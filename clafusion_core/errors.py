@@ -29,3 +29,11 @@ class AlignmentError(FusionError):
 
 class DeviceError(FusionError):
     """A device that was asked for but is not available (e.g. CUDA on a machine without a GPU)."""
+
+
+class NumericalError(FusionError):
+    """A computation that came out with NaN or infinite values (e.g. a fused model that overflowed)."""
+
+
+class OutputError(FusionError):
+    """An output path (``--out``, ``--json``) that cannot be written."""

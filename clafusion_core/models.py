@@ -30,6 +30,8 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.models.vgg import cfgs as TORCHVISION_VGG_CFGS
 
 from .errors import ArchError
+from .validation import (MAX_ACTIVATION_VALUES, MAX_INPUT_VALUES, MAX_PARAMETERS, MAX_SPEC_CHARS, MAX_UNITS,
+                         quote)
 
 VGG_NAMES = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
 RESNET_BLOCKS = {"resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
@@ -87,32 +89,44 @@ def vgg_stages(cfg: tuple) -> list[list[int]]:
     return stages
 
 
+WIDTH_DIGITS = 9   # widths and block counts below a billion; the parameter budget refuses far less
+
+
 def _ints(tokens: list[str], spec: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(t) for t in tokens)
-    except ValueError:
-        raise ArchError(f"'{spec}' has a non-integer width; write widths as whole numbers, e.g. mlp:400-200-100.") from None
+    """Whole numbers written with ASCII digits only (``int`` would also take ``'１２'``, ``'1_0'``, ``'+5'``)."""
+    bad = next((t for t in tokens if not re.fullmatch(r"[0-9]+", t)), None)
+    if bad is not None:
+        raise ArchError(f"'{quote(spec)}' has a width {quote(bad)} that is not a whole number written with the "
+                        "digits 0-9; write widths like mlp:400-200-100.")
+    big = next((t for t in tokens if len(t.lstrip("0")) > WIDTH_DIGITS), None)
+    if big is not None:
+        raise ArchError(f"'{quote(spec)}' has a width of {len(big.lstrip('0'))} digits, far beyond any model that "
+                        "fits in memory; choose widths below a billion, e.g. mlp:400-200-100.")
+    values = tuple(int(t) for t in tokens)
     if not values or min(values) < 1:
-        raise ArchError(f"'{spec}' needs at least one layer and every width ≥ 1, e.g. mlp:400-200-100.")
+        raise ArchError(f"'{quote(spec)}' needs at least one layer and every width ≥ 1, e.g. mlp:400-200-100.")
     return values
 
 
 def parse_arch(spec: str) -> ArchSpec:
     """Parse an arch spec string (see the module docstring) into an :class:`ArchSpec`."""
+    if not isinstance(spec, str) or len(spec) > MAX_SPEC_CHARS:
+        raise ArchError(f"The arch spec {quote(spec)} is not a string of at most {MAX_SPEC_CHARS:,} characters; "
+                        "write it as e.g. mlp:400-200-100 or resnet18.")
     text = spec.strip().lower()
     mult = 1.0
-    match = re.search(r"x(\d*\.?\d+)((?:-[a-z]+)*)$", text)  # "resnet18x0.5" or "resnet18x0.5-tvstem"
+    match = re.search(r"x([0-9]*\.?[0-9]+)((?:-[a-z]+)*)$", text)  # "resnet18x0.5" or "resnet18x0.5-tvstem"
     if match:
         text, mult = text[:match.start()] + match.group(2), float(match.group(1))
         if not 0 < mult <= 16:
-            raise ArchError(f"Width multiplier in '{spec}' must be between 0 and 16, e.g. resnet18x0.5.")
+            raise ArchError(f"Width multiplier in '{quote(spec)}' must be between 0 and 16, e.g. resnet18x0.5.")
     name, _, body = text.partition(":")
     if not body and "-" in name:
         name, _, body = name.partition("-")
         body = "-" + body
     family = "mlp" if name == "mlp" else "vgg" if name.startswith("vgg") else "resnet" if name.startswith("resnet") else None
     if family is None:
-        raise ArchError(f"Unknown architecture '{spec}': use mlp:W1-W2-..., vgg11/vgg13/vgg16/vgg19, "
+        raise ArchError(f"Unknown architecture '{quote(spec)}': use mlp:W1-W2-..., vgg11/vgg13/vgg16/vgg19, "
                         "vgg:64-M-128-..., resnet18/resnet34 or resnet:B1-B2-B3-B4, optionally with xMULT.")
     body, _, tail = body.partition("/")
     tokens = [t for t in body.split("-") if t]
@@ -120,13 +134,13 @@ def parse_arch(spec: str) -> ArchSpec:
     flags = {t for t in tokens + tail.split("-") if t in OPTIONS[family]}
     unknown = {t for t in tokens if t.isalpha() and t not in flags and t != "m"}
     if unknown:
-        raise ArchError(f"Unknown option(s) {sorted(unknown)} in '{spec}'; {family} accepts {sorted(OPTIONS[family])}.")
+        raise ArchError(f"Unknown option(s) {quote(sorted(unknown))} in '{quote(spec)}'; {family} accepts {sorted(OPTIONS[family])}.")
     tokens = [t for t in tokens if t not in flags]
     scale = lambda w: max(1, int(round(w * mult)))  # noqa: E731 - tiny local helper
 
     if family == "mlp":
         if name != "mlp" or not tokens:
-            raise ArchError(f"'{spec}' needs hidden widths, e.g. mlp:400-200-100.")
+            raise ArchError(f"'{quote(spec)}' needs hidden widths, e.g. mlp:400-200-100.")
         return ArchSpec("mlp", tuple(scale(w) for w in _ints(tokens, spec)), bias="nobias" not in flags)
 
     if family == "vgg":
@@ -135,10 +149,10 @@ def parse_arch(spec: str) -> ArchSpec:
         elif name == "vgg" and tokens:
             cfg = tuple("M" if t == "m" else _ints([t], spec)[0] for t in tokens)
         else:
-            raise ArchError(f"Unknown VGG '{spec}': use vgg11, vgg13, vgg16, vgg19 or vgg:64-M-128-... .")
+            raise ArchError(f"Unknown VGG '{quote(spec)}': use vgg11, vgg13, vgg16, vgg19 or vgg:64-M-128-... .")
         cfg = tuple(v if v == "M" else scale(v) for v in cfg)
         if not any(v != "M" for v in cfg):
-            raise ArchError(f"'{spec}' has no conv layer; give at least one width, e.g. vgg:32-M-64.")
+            raise ArchError(f"'{quote(spec)}' has no conv layer; give at least one width, e.g. vgg:32-M-64.")
         tvhead = "tvhead" in flags
         classifier = TV_CLASSIFIER if tvhead else (_ints(tail_tokens, spec) if tail_tokens else ())
         return ArchSpec("vgg", cfg, classifier=classifier, bn="bn" in flags, tvhead=tvhead)
@@ -150,12 +164,12 @@ def parse_arch(spec: str) -> ArchSpec:
         blocks_text, _, widths_text = body.partition("@")
         blocks = _ints([t for t in blocks_text.split("-") if t and t not in flags], spec)
     else:
-        raise ArchError(f"Unknown ResNet '{spec}': use resnet10, resnet18, resnet34 or resnet:B1-B2-B3-B4.")
+        raise ArchError(f"Unknown ResNet '{quote(spec)}': use resnet10, resnet18, resnet34 or resnet:B1-B2-B3-B4.")
     if len(blocks) != 4:
-        raise ArchError(f"'{spec}' must give blocks for exactly 4 stages, e.g. resnet:2-2-2-2.")
+        raise ArchError(f"'{quote(spec)}' must give blocks for exactly 4 stages, e.g. resnet:2-2-2-2.")
     widths = _ints([t for t in widths_text.split("-") if t and t not in flags], spec) if widths_text else RESNET_WIDTHS
     if len(widths) != 4:
-        raise ArchError(f"'{spec}' must give 4 stage widths after '@', e.g. resnet:2-2-2-2@16-32-64-128.")
+        raise ArchError(f"'{quote(spec)}' must give 4 stage widths after '@', e.g. resnet:2-2-2-2@16-32-64-128.")
     return ArchSpec("resnet", tuple(blocks), widths=tuple(scale(w) for w in widths), tvstem="tvstem" in flags)
 
 
@@ -271,13 +285,104 @@ class SmallResNet(ResNet):
 
 # ------------------------------------------------------------------------------------------ builder
 
+@dataclass(frozen=True)
+class ModelSize:
+    """What building a model would cost, computed from its spec alone (no module is created).
+
+    ``parameters`` counts every trainable value (BatchNorm buffers excluded), ``units`` the alignable
+    layers plus VGG poolings (one module each), ``activation_values`` the largest feature map of one
+    sample (its channels × height × width; an MLP's widest layer).
+    """
+
+    parameters: int
+    units: int
+    activation_values: int
+
+
+def _conv_out(side: int, kernel: int, stride: int, padding: int) -> int:
+    return (side + 2 * padding - kernel) // stride + 1
+
+
+def model_size(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> ModelSize:
+    """Parameters, units and largest feature map of ``build_model(spec, input_shape, num_classes)``.
+
+    Closed forms of the builders below: a Linear ``i → o`` has ``i·o (+ o)`` parameters, a 3×3 conv
+    ``i → o`` has ``9·i·o`` (+ ``o`` without BatchNorm), a BatchNorm ``2·o``; a ResNet block two convs
+    and BatchNorms, plus a 1×1 conv and BatchNorm where it changes the width or the resolution.
+    """
+    channels, height, width = input_shape
+    linear = lambda i, o, bias=True: i * o + (o if bias else 0)  # noqa: E731
+    if spec.family == "mlp":
+        dims = (channels * height * width, *spec.layers)
+        params = sum(linear(i, o, spec.bias) for i, o in zip(dims, dims[1:])) + linear(dims[-1], num_classes, spec.bias)
+        return ModelSize(params, len(spec.layers), max(dims))
+    if spec.family == "vgg":
+        params, peak, in_ch, h, w = 0, channels * height * width, channels, height, width
+        for v in spec.layers:
+            if v == "M":
+                h, w = -(-h // 2), -(-w // 2)   # ceil_mode pooling
+                continue
+            params += 9 * in_ch * v + (2 * v if spec.bn else v)
+            peak, in_ch = max(peak, v * h * w), v
+        pool = 7 if spec.tvhead else 1
+        dims = (in_ch * pool * pool, *spec.classifier)
+        params += sum(linear(i, o) for i, o in zip(dims, dims[1:])) + linear(dims[-1], num_classes)
+        return ModelSize(params, len(spec.layers) + len(spec.classifier), max(peak, *dims))
+    kernel, stride, padding = (7, 2, 3) if spec.tvstem else (3, 1, 1)
+    h, w = _conv_out(height, kernel, stride, padding), _conv_out(width, kernel, stride, padding)
+    stem = spec.widths[0]
+    params, peak = kernel * kernel * channels * stem + 2 * stem, max(channels * height * width, stem * h * w)
+    if spec.tvstem:
+        h, w = _conv_out(h, 3, 2, 1), _conv_out(w, 3, 2, 1)
+    in_planes = stem
+    for stage, (blocks, planes) in enumerate(zip(spec.layers, spec.widths)):
+        if stage:
+            h, w = _conv_out(h, 3, 2, 1), _conv_out(w, 3, 2, 1)
+        params += 9 * in_planes * planes + 9 * planes * planes + 4 * planes      # the first block
+        if stage or in_planes != planes:
+            params += in_planes * planes + 2 * planes                              # its 1×1 shortcut
+        params += (blocks - 1) * (18 * planes * planes + 4 * planes)              # the others
+        in_planes = planes
+        peak = max(peak, planes * max(h, 1) * max(w, 1))
+    params += linear(in_planes, num_classes)
+    return ModelSize(params, sum(spec.layers), peak)
+
+
+def check_model_size(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> ModelSize:
+    """Refuse, before anything is built, a model over the budgets of :mod:`.validation`.
+
+    An arch spec or an input shape from a file's metadata is untrusted: ``resnet:999999999-1-1-1``
+    would take hours to build and ``mlp:4000000000`` terabytes, so both are refused in microseconds.
+    """
+    channels, height, width = (int(v) for v in input_shape)
+    if min(channels, height, width) < 1 or channels * height * width > MAX_INPUT_VALUES or num_classes < 1:
+        raise ArchError(f"Inputs of shape {channels}×{height}×{width} with {num_classes} classes cannot be built: "
+                        f"every size must be ≥ 1 and an input at most {MAX_INPUT_VALUES:,} values; choose the "
+                        "dataset the model was trained on.")
+    size = model_size(spec, (channels, height, width), int(num_classes))
+    name = quote(str(spec))
+    if size.units > MAX_UNITS:
+        raise ArchError(f"{name} has {size.units:,} layers, over the limit of {MAX_UNITS:,}; choose a shallower "
+                        "architecture.")
+    if size.parameters > MAX_PARAMETERS:
+        raise ArchError(f"{name} on {channels}×{height}×{width} inputs would have {size.parameters:,} parameters, "
+                        f"over the limit of {MAX_PARAMETERS:,}; choose a smaller architecture.")
+    if size.activation_values > MAX_ACTIVATION_VALUES:
+        raise ArchError(f"{name} on {channels}×{height}×{width} inputs would hold {size.activation_values:,} values "
+                        f"in one feature map of one image, over the limit of {MAX_ACTIVATION_VALUES:,}; choose "
+                        "narrower layers or smaller images.")
+    return size
+
+
 def build_model(spec: ArchSpec | str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Build an untrained model for inputs of shape ``(C, H, W)`` and ``num_classes`` outputs.
 
     The returned module carries ``spec`` (its :class:`ArchSpec`), ``input_shape`` and ``num_classes``
-    as attributes, so every later stage can rebuild or describe it.
+    as attributes, so every later stage can rebuild or describe it. A model over the budgets of
+    :func:`check_model_size` is refused before any layer is created.
     """
     spec = parse_arch(spec) if isinstance(spec, str) else spec
+    check_model_size(spec, input_shape, num_classes)
     channels, height, width = input_shape
     if spec.family == "mlp":
         model: nn.Module = MLP(channels * height * width, spec.layers, num_classes, bias=spec.bias)

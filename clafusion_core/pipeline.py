@@ -35,6 +35,7 @@ from .methods import FusionBatch, FusionOutput, get_method
 from .repair import repair_statistics, repairable_layers, with_biases
 from .similarity import cost_matrix
 from .train import Progress, cached_accuracy, evaluate, finetune, reset_batchnorm
+from .validation import check_finite_model
 
 
 @dataclass
@@ -334,6 +335,7 @@ def run_fusion(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, confi
                           layer_weights=layer_weights, repair=repair_report, warnings=warnings)
     if config.finetune.epochs > 0:
         finetune_result(result, splits, progress=lambda f, m: report(0.35 + 0.65 * f, m), on_epoch=on_epoch)
+    check_finite_model(result.fused.model, result.fused_finetuned)
     report(1.0, "done")
     return result
 

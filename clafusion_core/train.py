@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from numbers import Integral
 
 import torch
 from torch import nn
@@ -42,10 +44,24 @@ class TrainConfig:
     temperature: float = 4.0    # softening of both outputs in the teacher term
 
     def __post_init__(self):
+        """Refuse settings torch would fail on mid-run (with a traceback) or silently train NaNs with.
+
+        Comparisons are written so that NaN fails them too (``not lr > 0`` holds for NaN).
+        """
         if self.epochs < 0:
             raise FusionError("The number of epochs must be 0 or more.")
-        if not 0 <= self.distill <= 1 or self.temperature <= 0:
+        if not 0 <= self.distill <= 1 or not 0 < self.temperature < math.inf:
             raise FusionError("The distillation weight must lie in [0, 1] and the temperature be positive.")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, Integral) or self.batch_size < 1:
+            raise FusionError(f"The batch size must be a whole number of at least 1, not {self.batch_size}; e.g. 64.")
+        if not 0 < self.lr < math.inf:
+            raise FusionError(f"The learning rate must be a positive number, not {self.lr}; e.g. 0.01.")
+        if not 0 <= self.momentum < 1:
+            raise FusionError(f"The momentum must lie in [0, 1), not {self.momentum}; e.g. 0.9.")
+        if not 0 <= self.weight_decay < math.inf:
+            raise FusionError(f"The weight decay must be 0 or a positive number, not {self.weight_decay}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, Integral) or not 0 <= self.seed < 2**32:
+            raise FusionError(f"The seed must be a whole number between 0 and 2**32 - 1, not {self.seed}; e.g. 0.")
 
 
 @dataclass

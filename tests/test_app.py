@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -302,7 +305,14 @@ def _bad_uploads() -> dict[str, tuple[bytes, str]]:
     nan_model = build_model("mlp:64-32", (1, 8, 8), 10)
     with torch.no_grad():
         nan_model.hidden[0].weight[0, 0] = float("nan")
+    runs_badly = {name: dict(build_model("mlp:64-32", (1, 8, 8), 10).state_dict()) for name in ("c", "s", "z")}
+    runs_badly["c"]["hidden.0.weight"] = runs_badly["c"]["hidden.0.weight"].to(torch.complex64)
+    runs_badly["s"]["hidden.0.weight"] = runs_badly["s"]["hidden.0.weight"].to_sparse()
+    runs_badly["z"]["hidden.0.weight"] = torch.zeros(1).expand(32, 64)
     return {
+        "complex-tensors": (_pt_bytes(runs_badly["c"]), "complex tensor"),
+        "sparse-tensors": (_pt_bytes(runs_badly["s"]), "sparse tensor"),
+        "zero-stride": (_pt_bytes(runs_badly["z"]), "zero-stride"),
         "garbage": (b"this is not a checkpoint at all" * 10, "not a readable"),
         "unsupported-layout": (_pt_bytes({"encoder.attn.weight": torch.randn(4, 4)}), ""),
         "mismatched-classes": (checkpoint_bytes(five_classes, dataset="digits"), ""),
@@ -367,6 +377,67 @@ def test_missing_local_path_is_an_error_not_a_traceback(tmp_path):
     at.text_input(key=state.PATH_A).set_value(str(tmp_path / "missing.safetensors")).run()
     assert_clean(at)
     assert any("does not exist" in e for e in at_errors(at))
+
+
+@pytest.mark.timeout(120)
+def test_local_paths_that_are_not_files_are_refused_without_opening_them(tmp_path):
+    """A FIFO would block the server forever and /dev/zero fill its memory: both are refused by their kind."""
+    os.mkfifo(tmp_path / "pipe")
+    at = fresh().run()
+    at.radio(key=state.SOURCE_KIND).set_value("paths").run()
+    for first, second, messages in ((tmp_path / "pipe", "/dev/zero", ("named pipe", "device")),
+                                    (tmp_path, str(tmp_path / "a\x00b"), ("folder", "NUL byte"))):
+        at.text_input(key=state.PATH_A).set_value(str(first))
+        at.text_input(key=state.PATH_B).set_value(str(second)).run()
+        assert_clean(at)
+        errors = at_errors(at)
+        assert len(errors) == 2 and all(m in e for m, e in zip(messages, errors)), errors
+        assert at.session_state[state.PAIR].kind == "demo"
+
+
+@pytest.mark.timeout(240)
+def test_two_concurrent_sessions_get_the_results_of_one(monkeypatch):
+    """Two sessions record activations of the one cached demo model at the same time (a barrier holds each
+    session's first forward pass until the other's is running too); each must get what it gets alone."""
+    sizes = (160, 110)   # each session its own probe batch, so neither is served from the other's cache
+    barrier, seen = threading.Barrier(2), set()
+
+    def rendezvous(module, args):
+        frame = sys._getframe()
+        while frame is not None and frame.f_code.co_name != "record_outputs":
+            frame = frame.f_back
+        if frame is not None and threading.get_ident() not in seen:
+            seen.add(threading.get_ident())
+            barrier.wait(timeout=60)
+
+    def session(size, results, failures):
+        try:
+            at = fresh()
+            at.session_state[state.PROBE_SIZE] = size
+            at.switch_page(PAGES[0]).run()
+            assert_clean(at)
+            assert not at_errors(at) and at.number_input(key=state.PROBE_SIZE).value == size
+            results[size] = heatmap_spec(at)["data"][0]["z"]
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            failures.append(exc)
+
+    concurrent, failures = {}, []
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(rendezvous)
+    try:
+        threads = [threading.Thread(target=session, args=(size, concurrent, failures)) for size in sizes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        handle.remove()
+    assert not failures, failures
+    assert len(seen) == 2                      # both sessions were inside the model at once
+    st.cache_data.clear()                      # recompute each alone
+    alone = {}
+    for size in sizes:
+        session(size, alone, failures)
+    assert not failures and concurrent == alone
 
 
 @pytest.mark.skipif(cuda_available(), reason="this machine has a CUDA device")
