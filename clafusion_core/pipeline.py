@@ -32,6 +32,7 @@ from .models import count_parameters
 from .otfusion import FusedModel, OTOptions, fuse_models
 from .repair import repair_statistics
 from .similarity import METRICS, cost_matrix
+from .threads import sized_by, work_of
 from .train import Progress, TrainConfig, evaluate, finetune, reset_batchnorm
 
 
@@ -191,6 +192,7 @@ def probe_inputs(splits: DataSplits, config: FusionConfig) -> torch.Tensor:
     return probe_batch(splits, config.probe_size, config.probe_seed)
 
 
+@sized_by(lambda args: work_of([args["model"]], len(args["probe"])))
 def compute_activations(model: nn.Module, probe: torch.Tensor, config: FusionConfig) -> list[list[torch.Tensor]]:
     """Per-stage unit activations of one model (cache these: every metric reuses them)."""
     return unit_activations(model, probe, pre=config.activation == "pre", conv=config.conv_features)
@@ -266,6 +268,7 @@ def _timed(timings: dict[str, float], stage: str):
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
+@sized_by(lambda args: work_of([args["model_a"], args["model_b"]], args["config"].probe_size))
 def run_fusion(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, config: FusionConfig = FusionConfig(),
                progress: Progress | None = None,
                on_epoch: Callable[[str, int, float], None] | None = None) -> FusionResult:

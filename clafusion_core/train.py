@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .errors import FusionError
+from .threads import sized_by, work_of
 
 Progress = Callable[[float, str], None]
 OPTIMIZERS = ("sgd", "adam")
@@ -101,6 +102,7 @@ def evaluate(model: nn.Module, dataset: TensorDataset, device: torch.device | st
     return accuracy_of_logits(predict_logits(model, inputs, device), labels)
 
 
+@sized_by(lambda args: 3 * work_of([args["model"]], args["config"].batch_size))  # forward + backward ≈ 3 forwards
 def train_model(model: nn.Module, train: TensorDataset, val: TensorDataset, config: TrainConfig,
                 device: torch.device | str = "cpu", progress: Progress | None = None,
                 on_epoch: Callable[[int, float], None] | None = None,
