@@ -1,7 +1,8 @@
-"""Command line: ``python -m clafusion_core {train,align,fuse,demo} ...``.
+"""Command line: ``python -m clafusion_core {train,align,fuse,finetune,demo} ...``.
 
 User errors (a bad file, a missing dataset, an impossible alignment) print one sentence on stderr and
-exit with status 2 — never a traceback.
+exit with status 2 — never a traceback. ``finetune`` also runs under torchrun, one process per
+CPU share or GPU (see :mod:`.distributed`).
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ from tqdm import tqdm
 
 from .activations import CONV_MODES
 from .balancing import BALANCE_METHODS
+from .baselines import teacher_logits
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import DATASETS, load_dataset
 from .devices import DEVICES
+from .distributed import process_device, process_group, world_from_env
 from .errors import FusionError
 from .models import build_model
 from .otfusion import GROUND_METRICS, INPUT_SCALINGS, MARGINALS, SOLVERS
 from .pipeline import FusionConfig, compute_activations, compute_alignment, describe_model, order_pair, \
     probe_inputs, run_fusion
 from .similarity import METRICS
-from .train import OPTIMIZERS, TrainConfig, evaluate, train_model
+from .train import OPTIMIZERS, TrainConfig, evaluate, finetune, train_model
 from .zoo import DEFAULT_PAIR, DEMO_PAIRS, load_demo_pair
 
 DEFAULTS = FusionConfig()
@@ -121,6 +124,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_alignment_options(fuse)
     _add_fusion_options(fuse)
 
+    tune = commands.add_parser("finetune", help="finetune a (fused) checkpoint; runs under torchrun too",
+                               description="Finetune a checkpoint, keeping the best validation epoch. Under "
+                                           "`torchrun --nproc_per_node N` the N processes share every batch "
+                                           "(DistributedDataParallel); rank 0 evaluates and writes the files.")
+    tune.add_argument("fused", help="checkpoint to finetune (.safetensors, .pt, .pth)")
+    tune.add_argument("--arch", default=None, help="its arch spec when the checkpoint does not say")
+    tune.add_argument("--dataset", default=None, choices=DATASETS,
+                      help="default: the dataset the checkpoint names, else digits")
+    tune.add_argument("--data-root", default=None, help="folder with the dataset in torchvision's layout")
+    tune.add_argument("--teacher", nargs="+", default=None, metavar="PARENT",
+                      help="checkpoints whose mean logits the model distils from (the fused model's parents)")
+    tune.add_argument("--distill", type=float, default=None,
+                      help=f"weight of the teacher term (default {DEFAULTS.distill} with --teacher, else 0)")
+    tune.add_argument("--distill-temperature", type=float, default=DEFAULTS.distill_temperature)
+    tune.add_argument("--epochs", type=int, default=5)
+    tune.add_argument("--lr", type=float, default=DEFAULTS.finetune_lr)
+    tune.add_argument("--optimizer", default=DEFAULTS.optimizer, choices=OPTIMIZERS)
+    tune.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                      help="per process: under torchrun the global batch is N times this")
+    tune.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    tune.add_argument("--device", default=DEFAULTS.device, choices=DEVICES)
+    tune.add_argument("--json", dest="json_path", default=None, help="write the finetune report here")
+    tune.add_argument("--out", default=None, help="write the finetuned model (safetensors) here")
+
     demo = commands.add_parser("demo", help="run the fusion end to end on a demo pair (no files needed)")
     demo.add_argument("--pair", default=DEFAULT_PAIR, choices=sorted(DEMO_PAIRS))
     _add_alignment_options(demo)
@@ -134,10 +161,14 @@ def _config(args: argparse.Namespace, **overrides) -> FusionConfig:
     return FusionConfig(**{**values, **overrides})
 
 
+def _load(path: str, arch: str | None, info):
+    """A checkpoint as a model for the dataset described by ``info`` (a clear error when it does not fit)."""
+    return load_checkpoint(path, arch=arch, input_shape=info.input_shape, num_classes=info.num_classes,
+                           dataset=info.name, name=Path(path).name)[0]
+
+
 def _load_models(args: argparse.Namespace, info) -> tuple:
-    return tuple(load_checkpoint(path, arch=arch, input_shape=info.input_shape, num_classes=info.num_classes,
-                                 dataset=info.name, name=Path(path).name)[0]
-                 for path, arch in ((args.model_a, args.arch_a), (args.model_b, args.arch_b)))
+    return tuple(_load(path, arch, info) for path, arch in ((args.model_a, args.arch_a), (args.model_b, args.arch_b)))
 
 
 def _write_json(path: str | None, payload: dict) -> None:
@@ -215,7 +246,55 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _fuse_and_report(model_a, model_b, load_dataset(pair.dataset), config, args)
 
 
-COMMANDS = {"train": cmd_train, "align": cmd_align, "fuse": cmd_fuse, "demo": cmd_demo}
+def cmd_finetune(args: argparse.Namespace) -> None:
+    world = world_from_env()
+    device = process_device(world, args.device)
+    distill = args.distill if args.distill is not None else (DEFAULTS.distill if args.teacher else 0.0)
+    if distill > 0 and not args.teacher:
+        raise FusionError("Distillation needs the parents as teacher: pass --teacher A B, or --distill 0 "
+                          "to finetune on the labels alone.")
+    training = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
+                           seed=args.seed, distill=distill, temperature=args.distill_temperature)
+    dataset = args.dataset or load_checkpoint(args.fused, arch=args.arch, name=Path(args.fused).name)[1].dataset \
+        or "digits"
+    with process_group(world, device):
+        splits = load_dataset(dataset, args.data_root)
+        model = _load(args.fused, args.arch, splits.info)
+        timings = {}
+        start = time.perf_counter()
+        teacher = None
+        if args.teacher and distill > 0:
+            parents = [_load(path, None, splits.info) for path in args.teacher]
+            teacher = teacher_logits(parents, splits.train.tensors[0], device)
+        timings["teacher"] = time.perf_counter() - start
+        bar, update = _progress_bar(f"finetuning {model.spec}") if world.is_main else (None, None)
+        start = time.perf_counter()
+        tuned, history = finetune(model, splits.train, splits.val, training, device, update, teacher_logits=teacher,
+                                  world=world)
+        timings["finetune"] = time.perf_counter() - start
+        if not world.is_main:
+            return
+        bar.close()
+        start = time.perf_counter()
+        accuracy = {"before": evaluate(model, splits.test, device), "after": evaluate(tuned, splits.test, device)}
+        timings["evaluation"] = time.perf_counter() - start
+    if args.out:
+        save_checkpoint(tuned, args.out, dataset=dataset,
+                        extra={"finetuned_from": Path(args.fused).name, "best_epoch": str(history.best_epoch)})
+        print(f"wrote {args.out}", file=sys.stderr)
+    _write_json(args.json_path, {
+        "checkpoint": args.fused, "dataset": dataset, "teachers": args.teacher or [], "accuracy": accuracy,
+        "val_accuracy": history.val_accuracy, "best_epoch": history.best_epoch, "train_loss": history.train_loss,
+        "config": asdict(training), "world_size": world.size, "batch_size_per_process": training.batch_size,
+        "global_batch_size": training.batch_size * world.size, "device": str(device),
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+    })
+    if args.json_path:
+        print(f"test accuracy {accuracy['before'] * 100:.2f} % -> {accuracy['after'] * 100:.2f} % "
+              f"(best validation epoch {history.best_epoch} of {training.epochs})")
+
+
+COMMANDS = {"train": cmd_train, "align": cmd_align, "fuse": cmd_fuse, "finetune": cmd_finetune, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
