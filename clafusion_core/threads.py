@@ -45,7 +45,7 @@ ENV = "CLAFUSION_THREADS"
 USER_ENVS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 #: Multiply-accumulates one more thread needs before it pays off (see the module docstring).
-WORK_PER_THREAD = 2e9
+WORK_PER_THREAD = 1e8
 
 #: torch's intra-op thread count when the library was imported (a later change is the user's choice).
 TORCH_THREADS_AT_IMPORT = torch.get_num_threads()
@@ -113,16 +113,24 @@ def choose_threads(work: float, ceiling: int, *, cores: int | None = None, busy:
     return max(1, min(ceiling, by_size, by_load))
 
 
-def busy_tasks(loadavg_path: str = "/proc/loadavg") -> float:
-    """Runnable tasks on the machine other than the caller, from the kernel's instantaneous count
-    (the fourth field of ``/proc/loadavg``, ``running/total``, which includes the reading thread);
-    0 where the file does not exist (not Linux)."""
+def busy_tasks(loadavg: str = "/proc/loadavg", own_tasks: str = "/proc/self/task") -> float:
+    """Runnable tasks of *other* processes right now: the kernel's instantaneous count of running tasks
+    (the fourth field of ``/proc/loadavg``, ``running/total``) minus this process's own running threads
+    (the reading thread, and OpenMP workers still spinning after a parallel region). 0 where the files
+    do not exist (not Linux)."""
     try:
-        with open(loadavg_path) as handle:
+        with open(loadavg) as handle:
             running = int(handle.read().split()[3].split("/")[0])
     except (OSError, IndexError, ValueError):
         return 0.0
-    return float(max(0, running - 1))
+    own = 0
+    try:
+        for task in os.listdir(own_tasks):
+            with open(os.path.join(own_tasks, task, "stat")) as handle:
+                own += handle.read().rpartition(")")[2].split()[:1] == ["R"]   # the state follows the name
+    except OSError:
+        own = 1
+    return float(max(0, running - max(own, 1)))
 
 
 def user_choice(env: Mapping[str, str], current: int, startup: int, nested: bool) -> int | None:

@@ -83,6 +83,18 @@ def test_speed_quick_writes_results(speed):
 
     assert "cuda_available" in data["devices"]
     assert data["memory"] and data["memory"][0]["rss_peak_mib"] > 0
+    threads = data["threads"]
+    assert threads["settings"] == ["1", "auto"] and set(threads["loads"]) == {"idle", "loaded"}
+    for load in threads["loads"].values():
+        pair = load["pairs"]["mlp"]
+        assert pair["ratio_to_auto"]["auto"] == 1.0 and pair["runs_s"]["1"]["threads"] == 1
+        assert {"activations", "fusion", "evaluation", "total"} <= set(pair["runs_s"]["auto"])
+    wide = data["full_width"][0]
+    assert wide["pair"] == "resnet18x0.125 + resnet18x0.125" and wide["threads"] >= 1
+    assert {"activations", "OT fusion", "evaluation"} <= set(wide["stage_memory"])
+    assert all(m["rss_peak_mib"] >= m["rss_start_mib"] > 0 for m in wide["stage_memory"].values())
+    held = wide["held_activations"]["model_a"]
+    assert held["full_resolution_mib"] > held["pooled_mib"] > 0 and wide["one_shot_fusion_s"] > 0
     assert (out / "speed-quick_scaling.html").stat().st_size > 0
     assert (out / "speed-quick_stages.html").stat().st_size > 0
 

@@ -51,11 +51,16 @@ def test_a_bad_override_is_a_user_error(value):
         user_choice({"CLAFUSION_THREADS": value}, 2, startup=2, nested=False)
 
 
-def test_busy_tasks_reads_the_running_count_without_the_caller(tmp_path):
+def test_busy_tasks_counts_other_processes_running_tasks(tmp_path):
     path = tmp_path / "loadavg"
-    path.write_text("1.52 0.84 0.33 4/312 98765\n")
-    assert busy_tasks(str(path)) == 3
-    assert busy_tasks(str(tmp_path / "missing")) == 0
+    path.write_text("1.52 0.84 0.33 5/312 98765\n")
+    tasks = tmp_path / "task"
+    for tid, state in (("10", "R"), ("11", "S"), ("12", "R")):   # the caller, a sleeper, a spinning worker
+        (tasks / tid).mkdir(parents=True)
+        (tasks / tid / "stat").write_text(f"{tid} (python (main)) {state} 1 10 10 0 -1\n")
+    assert busy_tasks(str(path), str(tasks)) == 3
+    assert busy_tasks(str(path), str(tmp_path / "none")) == 4            # own threads unknown: the caller alone
+    assert busy_tasks(str(tmp_path / "missing"), str(tasks)) == 0
 
 
 @pytest.mark.parametrize("arch, shape", [("mlp:400-200-100", (1, 8, 8)), ("vgg:8-M-16-M-32/24", (3, 16, 16)),
