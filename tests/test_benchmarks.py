@@ -139,3 +139,18 @@ def test_finetune_quick_compares_distillation_with_labels_alone(tmp_path):
         assert {"fused", "model_a", "model_b", "val_fused"} <= set(run)
         assert entry["fused_mean"] == run["fused"]
         assert math.isclose(entry["gap_to_better_parent_pp"], 100 * (run["fused"] - pair["better_parent"]))
+
+
+@pytest.mark.slow  # starts torchrun and three single-process runs: about a minute on 2 busy cores
+def test_ddp_quick_compares_one_and_two_processes(tmp_path):
+    _, proc, data = _run_quick("ddp.py", tmp_path)
+    _check_machine(data)
+    assert data["benchmark"] == "ddp" and "| model |" in proc.stdout
+    rows = data["models"][0]["rows"]
+    assert list(rows) == data["settings"]["rows"]
+    assert [r["world_size"] for r in rows.values()] == [1, 1, 2]
+    assert {r["global_batch"] for r in rows.values()} == {128}
+    accuracies = [r["test_accuracy"] for r in rows.values()]
+    assert max(accuracies) - min(accuracies) <= 1 / 359   # the same training however it is split (float
+    # summation order aside, which can move one of the 359 test images)
+    assert all(r["finetune_s"] > 0 for r in rows.values())

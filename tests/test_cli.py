@@ -127,3 +127,16 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "Traceback" not in run.stderr and "bad.pt" in run.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_finetune_on_cuda_follows_the_cpu_run(trained, tmp_path):
+    reports = {}
+    for device in ("cpu", "cuda"):
+        reports[device] = tmp_path / f"{device}.json"
+        assert main(["finetune", str(trained["deep"]), "--teacher", str(trained["deep"]), str(trained["shallow"]),
+                     "--epochs", "2", "--device", device, "--json", str(reports[device])]) == 0
+    cpu, cuda = (json.loads(reports[d].read_text()) for d in ("cpu", "cuda"))
+    assert cuda["device"].startswith("cuda")
+    assert cuda["val_accuracy"] == pytest.approx(cpu["val_accuracy"], abs=2 / 360)   # ± two validation images
