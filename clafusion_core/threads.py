@@ -113,24 +113,30 @@ def choose_threads(work: float, ceiling: int, *, cores: int | None = None, busy:
     return max(1, min(ceiling, by_size, by_load))
 
 
-def busy_tasks(loadavg: str = "/proc/loadavg", own_tasks: str = "/proc/self/task") -> float:
-    """Runnable tasks of *other* processes right now: the kernel's instantaneous count of running tasks
-    (the fourth field of ``/proc/loadavg``, ``running/total``) minus this process's own running threads
-    (the reading thread, and OpenMP workers still spinning after a parallel region). 0 where the files
-    do not exist (not Linux)."""
+def busy_tasks(loadavg: str = "/proc/loadavg", own_tasks: str = "/proc/self/task",
+               python_threads: set[int] | None = None) -> float:
+    """Runnable tasks competing with the caller right now: the kernel's instantaneous count of running
+    tasks (the fourth field of ``/proc/loadavg``, ``running/total``) minus the caller itself and this
+    process's running *helper* threads (OpenMP/MKL workers still spinning after a parallel region: the
+    threads that are not Python threads). Other Python threads of this process count as busy (another
+    app session fusing in the same server). 0 where the files do not exist (not Linux)."""
     try:
         with open(loadavg) as handle:
             running = int(handle.read().split()[3].split("/")[0])
     except (OSError, IndexError, ValueError):
         return 0.0
-    own = 0
+    if python_threads is None:
+        python_threads = {t.native_id for t in threading.enumerate()}
+    helpers = 0
     try:
         for task in os.listdir(own_tasks):
+            if int(task) in python_threads:
+                continue
             with open(os.path.join(own_tasks, task, "stat")) as handle:
-                own += handle.read().rpartition(")")[2].split()[:1] == ["R"]   # the state follows the name
-    except OSError:
-        own = 1
-    return float(max(0, running - max(own, 1)))
+                helpers += handle.read().rpartition(")")[2].split()[:1] == ["R"]   # the state follows the name
+    except (OSError, ValueError):
+        helpers = 0
+    return float(max(0, running - 1 - helpers))
 
 
 def user_choice(env: Mapping[str, str], current: int, startup: int, nested: bool) -> int | None:

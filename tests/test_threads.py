@@ -51,16 +51,19 @@ def test_a_bad_override_is_a_user_error(value):
         user_choice({"CLAFUSION_THREADS": value}, 2, startup=2, nested=False)
 
 
-def test_busy_tasks_counts_other_processes_running_tasks(tmp_path):
+def test_busy_tasks_counts_what_competes_with_the_caller(tmp_path):
     path = tmp_path / "loadavg"
-    path.write_text("1.52 0.84 0.33 5/312 98765\n")
+    path.write_text("1.52 0.84 0.33 6/312 98765\n")
     tasks = tmp_path / "task"
-    for tid, state in (("10", "R"), ("11", "S"), ("12", "R")):   # the caller, a sleeper, a spinning worker
+    states = {"10": "R", "11": "R", "12": "S", "13": "R"}   # caller, another Python thread, a sleeper, an OpenMP worker
+    for tid, state in states.items():
         (tasks / tid).mkdir(parents=True)
         (tasks / tid / "stat").write_text(f"{tid} (python (main)) {state} 1 10 10 0 -1\n")
-    assert busy_tasks(str(path), str(tasks)) == 3
-    assert busy_tasks(str(path), str(tmp_path / "none")) == 4            # own threads unknown: the caller alone
-    assert busy_tasks(str(tmp_path / "missing"), str(tasks)) == 0
+    python = {10, 11, 12}
+    # 6 running = the caller + the other Python thread + the worker + 3 other processes' tasks
+    assert busy_tasks(str(path), str(tasks), python) == 4            # the worker is not competition
+    assert busy_tasks(str(path), str(tmp_path / "none"), python) == 5   # own threads unknown: only the caller
+    assert busy_tasks(str(tmp_path / "missing"), str(tasks), python) == 0
 
 
 @pytest.mark.parametrize("arch, shape", [("mlp:400-200-100", (1, 8, 8)), ("vgg:8-M-16-M-32/24", (3, 16, 16)),
