@@ -27,6 +27,7 @@ Who decides, first match wins:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import inspect
@@ -53,6 +54,8 @@ TORCH_THREADS_AT_IMPORT = torch.get_num_threads()
 # (ceiling, pinned) of the innermost open context, per Python thread: under OpenMP torch's intra-op
 # count is per thread too, so each app session decides for itself.
 _state = threading.local()
+_open_counts: collections.Counter[int] = collections.Counter()   # counts our open contexts set, all threads
+_lock = threading.Lock()
 
 
 def forward_macs(model: nn.Module) -> int:
@@ -162,14 +165,26 @@ def _scope(chosen: int, ceiling: int, pinned: bool) -> Iterator[int]:
     """Set torch's count to ``chosen`` for the body, remembering the ceiling for nested decisions."""
     current, outer = torch.get_num_threads(), getattr(_state, "scope", None)
     _state.scope = (ceiling, pinned)
-    if chosen != current:
+    changed = chosen != current
+    if changed:
+        with _lock:
+            _open_counts[chosen] += 1
         torch.set_num_threads(chosen)
     try:
         yield chosen
     finally:
-        if chosen != current:
+        if changed:
             torch.set_num_threads(current)
+            with _lock:
+                _open_counts[chosen] -= 1
         _state.scope = outer
+
+
+def _inherited(current: int) -> bool:
+    """Whether ``current`` is a count one of our open contexts set in another thread: torch gives a new
+    thread the last count set anywhere, so an app session started while another is fusing sees it."""
+    with _lock:
+        return current != TORCH_THREADS_AT_IMPORT and _open_counts[current] > 0
 
 
 def intra_op_threads(work: float) -> contextlib.AbstractContextManager[int]:
@@ -179,8 +194,9 @@ def intra_op_threads(work: float) -> contextlib.AbstractContextManager[int]:
     current, outer = torch.get_num_threads(), getattr(_state, "scope", None)
     if outer is not None and outer[1]:
         return _scope(current, outer[0], True)
-    chosen = user_choice(os.environ, current, TORCH_THREADS_AT_IMPORT, nested=outer is not None)
-    ceiling = outer[0] if outer is not None else current
+    inherited = outer is None and _inherited(current)
+    chosen = user_choice(os.environ, current, TORCH_THREADS_AT_IMPORT, nested=outer is not None or inherited)
+    ceiling = outer[0] if outer is not None else TORCH_THREADS_AT_IMPORT if inherited else current
     if chosen is None:
         chosen = choose_threads(work, ceiling)
         if chosen > 1:  # only then can the load matter (reading it costs a system call)

@@ -1,6 +1,8 @@
 """The intra-op thread policy: a pure rule of work size and load, who may override it, and the MAC count
 it is fed (checked against torch's own FLOP counter)."""
 
+import threading
+
 import pytest
 import torch
 from hypothesis import given
@@ -124,3 +126,20 @@ def test_sized_by_computes_the_work_from_the_call(two_idle_cores):
 
     assert work(0, scale=3) == 0 and work(samples=5) == 5
     assert seen == [1, 2]
+
+
+def test_a_thread_started_inside_a_context_is_not_mistaken_for_a_user_choice(two_idle_cores):
+    """torch hands a new thread the count last set anywhere (here our 1); that thread still decides
+    for itself, under torch's original ceiling."""
+    seen = {}
+
+    def other_session():
+        seen["inherited"] = torch.get_num_threads()
+        with intra_op_threads(10 * WORK_PER_THREAD) as count:
+            seen["chosen"] = count
+
+    with intra_op_threads(0.0):
+        thread = threading.Thread(target=other_session)
+        thread.start()
+        thread.join()
+    assert seen == {"inherited": 1, "chosen": 2}
