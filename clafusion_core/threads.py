@@ -2,10 +2,10 @@
 
 torch starts with one intra-op thread per core. That pays off for large tensors, but every parallel
 region costs a thread hand-off, and when other processes keep the cores busy a thread that is not
-scheduled stalls the whole region: the tiny matrix work of the demo pairs then runs 10–30× slower
-with 2 threads than with 1 (``benchmarks/speed.py``, section ``threads``). So the library picks the
-count itself at its entry points (:func:`~clafusion_core.pipeline.run_fusion`, activations, training
-and finetuning), from the size of the work and the number of idle cores:
+scheduled stalls the whole region: on a shared 2-core machine ``run_fusion`` on the demo pairs ran
+5–11× slower with torch's default of 2 threads than with 1 (``benchmarks/speed.py``, section ``threads``). So the
+library picks the count itself at its entry points (:func:`~clafusion_core.pipeline.run_fusion`,
+activations, training and finetuning), from the size of the work and the number of idle cores:
 
 .. math::
     n = \\min\\big(\\text{ceiling},\\ \\max(1,\\ \\text{cores} - \\text{busy}),\\
@@ -45,7 +45,9 @@ from .models import build_model
 ENV = "CLAFUSION_THREADS"
 USER_ENVS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
-#: Multiply-accumulates one more thread needs before it pays off (see the module docstring).
+#: Multiply-accumulates one more thread needs before it pays off (see the module docstring). The MLP
+#: demo pairs (2.6e7 per pass of the 200-image probe) stay on one thread; the CNN / ResNet demo pairs
+#: (4.4e8–4.8e8) and full-width models (3e10 and more) may use more cores when those are idle.
 WORK_PER_THREAD = 1e8
 
 #: torch's intra-op thread count when the library was imported (a later change is the user's choice).
