@@ -45,6 +45,55 @@ def set_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
+@contextmanager
+def thread_setting(setting: str):
+    """Run the body with the library's thread policy set to ``setting`` ("auto" or a count) through
+    ``CLAFUSION_THREADS``, torch back at the count it had when the library was imported (so "auto"
+    starts from torch's own default, as a user's program does)."""
+    from clafusion_core.threads import ENV, TORCH_THREADS_AT_IMPORT
+
+    before_env, before_threads = os.environ.get(ENV), torch.get_num_threads()
+    os.environ[ENV] = setting
+    torch.set_num_threads(TORCH_THREADS_AT_IMPORT)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before_threads)
+        if before_env is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before_env
+
+
+@contextmanager
+def cpu_hog(processes: int, seconds: float = 900.0):
+    """Keep ``processes`` cores busy with pure-Python loops while the body runs (a loaded machine, as
+    when other users share it); each loop also stops by itself after ``seconds``."""
+    code = f"import time\nend = time.time() + {float(seconds)}\nwhile time.time() < end:\n    pass\n"
+    hogs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(processes)]
+    try:
+        time.sleep(0.5)  # let them start
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def synthetic_splits(input_shape: tuple[int, int, int], num_classes: int, train: int, val: int, test: int,
+                     seed: int = 0):
+    """Gaussian images with random labels as train / val / test splits (timing and memory need no real data)."""
+    from torch.utils.data import TensorDataset
+
+    from clafusion_core.data import DataSplits, DatasetInfo
+
+    generator = torch.Generator().manual_seed(seed)
+    parts = [TensorDataset(torch.randn(n, *input_shape, generator=generator),
+                           torch.randint(0, num_classes, (n,), generator=generator)) for n in (train, val, test)]
+    info = DatasetInfo("synthetic", *input_shape, num_classes, tuple(str(i) for i in range(num_classes)))
+    return DataSplits(info, *parts)
+
+
 def _version(module: str) -> str | None:
     try:
         mod = __import__(module)

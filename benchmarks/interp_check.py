@@ -55,7 +55,7 @@ def balanced_pair(model_a, model_b, splits, config: FusionConfig):
 
 def run_pair(pair: str, dataset: str, seed: int, splits, args) -> dict:
     model_a, model_b = parents_of(pair, dataset, seed, args.data_root)
-    config = FusionConfig(dataset=dataset, data_root=args.data_root, seed=seed, device="cpu")
+    config = FusionConfig.from_flat(dataset=dataset, data_root=args.data_root, seed=seed, device="cpu")
     rows: dict[str, dict] = {}
     for name, overrides in OT_ROWS.items():
         result = run_fusion(model_a, model_b, splits, replace(config, **overrides))

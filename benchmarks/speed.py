@@ -17,15 +17,23 @@ Sections (all written to ``<out>/speed.json``, ``speed-quick.json`` with ``--qui
 * ``devices`` — the same fusions on CPU and CUDA when a GPU is present (its name recorded).
 * ``memory`` — peak resident memory of one ``run_fusion`` per pair (a fresh process each), and CUDA
   peak allocation when on a GPU.
+* ``threads`` — ``run_fusion`` per demo pair with 1, 2 and torch's default number of intra-op threads
+  and with the library's own choice (``CLAFUSION_THREADS=auto``), on the machine as it is ("idle") and
+  with a CPU hog on every core ("loaded"), as ratios to the library's choice.
+* ``full_width`` — full-width ResNet-18 and VGG-11 pairs at CIFAR input size (3 × 32 × 32, random
+  weights, synthetic data): time and peak resident memory per ``run_fusion`` stage (a fresh process
+  per run), next to what the probe activations weigh at full resolution.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import resource
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,7 +52,9 @@ from clafusion_core.otfusion import OTOptions, fuse_models, ground_activations, 
 from clafusion_core.pipeline import (FusionConfig, compute_activations, compute_alignment,  # noqa: E402
                                      finetune_teacher, fuse_balanced, probe_inputs, run_fusion, stage_pins)
 from clafusion_core.repair import repair_statistics, with_biases  # noqa: E402
+from clafusion_core.layers import model_view  # noqa: E402
 from clafusion_core.similarity import METRICS, cost_matrix  # noqa: E402
+from clafusion_core.threads import TORCH_THREADS_AT_IMPORT, forward_macs  # noqa: E402
 from clafusion_core.train import TrainConfig, evaluate, finetune, reset_batchnorm  # noqa: E402
 from clafusion_core.zoo import DEMO_PAIRS, load_demo_pair  # noqa: E402
 
@@ -75,9 +85,15 @@ THEORY = {
 
 FULL = dict(widths=[64, 128, 256, 512, 1024, 2048], dp_layers=[10, 20, 50, 100, 200, 500, 1000],
             samples=[100, 200, 500, 1000, 2000], layers=[4, 8, 16, 32, 64], repeats=3,
-            pairs=list(DEMO_PAIRS), finetune_epoch=True)
+            pairs=list(DEMO_PAIRS), finetune_epoch=True,
+            thread_settings=["1", "2", "default", "auto"],
+            full_width=[("resnet18", "resnet18"), ("vgg11", "vgg11")], full_width_splits=(512, 256, 256),
+            full_width_probe=200, full_width_threads=["1", "2", "auto"])
 QUICK = dict(widths=[32, 64, 128], dp_layers=[10, 20, 50], samples=[50, 100, 200], layers=[2, 4, 8],
-             repeats=1, pairs=["mlp"], finetune_epoch=False)
+             repeats=1, pairs=["mlp"], finetune_epoch=False,
+             thread_settings=["1", "auto"],
+             full_width=[("resnet18x0.125", "resnet18x0.125")], full_width_splits=(64, 64, 64), full_width_probe=32,
+             full_width_threads=["auto"])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -345,6 +361,174 @@ def peak_memory(pair_key, dataset, threads, device="cpu", arch_a=None, arch_b=No
 
 
 # ----------------------------------------------------------------------------------------------------
+# threads: the library's choice against fixed counts, idle and loaded
+
+
+def _fusion_run(model_a, model_b, splits, config: FusionConfig) -> dict:
+    """One ``run_fusion``: its stage timings, the total and the thread count it ran with."""
+    seen = []
+    start = time.perf_counter()
+    result = run_fusion(model_a, model_b, splits, config, progress=lambda *_: seen.append(torch.get_num_threads()))
+    return {**result.timings_s, "total": time.perf_counter() - start, "threads": seen[0]}
+
+
+def threads_section(demo: dict, splits, repeats: int, names: list[str]) -> dict:
+    """``run_fusion`` on each demo pair under every thread setting in ``names`` (counts, "default" =
+    torch's own count, "auto" = the library's choice), idle and with a CPU hog per core.
+
+    Repeats go round-robin over the settings so a change in the machine's load hits them alike; each
+    entry is the median per stage. ``ratio_to_auto`` = time / time with the library's choice.
+    """
+    settings = {(f"default ({TORCH_THREADS_AT_IMPORT})" if n == "default" else n):
+                (str(TORCH_THREADS_AT_IMPORT) if n == "default" else n) for n in names}
+    config = FusionConfig.from_flat(device="cpu")
+    loads = {}
+    for load in ("idle", "loaded"):
+        with common.cpu_hog(os.cpu_count() or 1) if load == "loaded" else nullcontext():
+            entry = {"load_average_start": common.load_average(), "pairs": {}}
+            for key, (model_a, model_b) in demo.items():
+                with common.thread_setting("auto"):
+                    run_fusion(model_a, model_b, splits, config)  # warm-up
+                runs = {name: [] for name in settings}
+                for _ in range(max(1, repeats)):
+                    for name, value in settings.items():
+                        with common.thread_setting(value):
+                            runs[name].append(_fusion_run(model_a, model_b, splits, config))
+                medians = {name: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for name, rs in runs.items()}
+                auto = medians["auto"]["total"]
+                entry["pairs"][key] = {"runs_s": medians,
+                                       "ratio_to_auto": {name: m["total"] / auto for name, m in medians.items()}}
+                print(f"  {load} {key}: " + ", ".join(f"{name} {common.fmt_seconds(m['total'])} ({m['threads']:.0f} thr)"
+                                                      for name, m in medians.items()), flush=True)
+            entry["load_average_end"] = common.load_average()
+        loads[load] = entry
+    return {"torch_default_threads": TORCH_THREADS_AT_IMPORT, "cpu_count": os.cpu_count(), "settings": list(settings),
+            "hog": f"{os.cpu_count()} pure-Python busy loops (one per core) while 'loaded' runs", "loads": loads}
+
+
+def threads_table(section: dict) -> str:
+    header = ["pair", "load"] + [f"{name} (s)" for name in section["settings"]] + \
+             [f"{name} / auto" for name in section["settings"] if name != "auto"] + ["threads auto chose"]
+    rows = []
+    for load, entry in section["loads"].items():
+        for key, pair in entry["pairs"].items():
+            runs = pair["runs_s"]
+            rows.append([key, load] + [f"{runs[n]['total']:.3f}" for n in section["settings"]]
+                        + [f"{pair['ratio_to_auto'][n]:.2f}" for n in section["settings"] if n != "auto"]
+                        + [f"{runs['auto']['threads']:.0f}"])
+    return common.markdown_table(header, rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# full-width ResNet-18 / VGG-11 pairs: time and peak memory per stage
+
+
+def _vm_kib(field: str) -> int:
+    value = _status_kib(field)
+    return value if value is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+class StageMemory:
+    """A ``run_fusion`` progress callback that records the peak resident memory of each stage: the
+    kernel's peak counter (VmHWM) is reset when a stage starts and read when the next one starts."""
+
+    def __init__(self):
+        self.stages: dict[str, dict] = {}
+        self._current: str | None = None
+        self._rss_start = 0
+
+    def __call__(self, _fraction: float, message: str) -> None:
+        if self._current is not None:
+            self.stages[self._current] = {"rss_start_mib": self._rss_start / 1024, "rss_peak_mib": _vm_kib("VmHWM") / 1024}
+        self._current = None if message == "done" else message
+        _reset_peak_rss()
+        self._rss_start = _vm_kib("VmRSS")
+
+
+def held_activations_mib(model, samples: int) -> dict:
+    """What the probe activations of ``model`` weigh (float32): every alignable unit's output at full
+    resolution, as ``activations.record_outputs`` keeps them, against one value per channel once pooled."""
+    shapes = {}
+    with torch.device("meta"):
+        copy = build_model(str(model.spec), model.input_shape, model.num_classes).eval()
+    names = [unit.probe.module for unit in model_view(copy).units]
+    handles = [copy.get_submodule(n).register_forward_hook(lambda _m, _i, out, n=n: shapes.__setitem__(n, out.shape))
+               for n in names]
+    with torch.no_grad():
+        copy(torch.zeros(1, *model.input_shape, device="meta"))
+    for handle in handles:
+        handle.remove()
+    full = sum(int(np.prod(shape[1:])) for shape in shapes.values())
+    pooled = sum(int(shape[1]) for shape in shapes.values())
+    return {"units": len(names), "full_resolution_mib": full * samples * 4 / 2**20,
+            "pooled_mib": pooled * samples * 4 / 2**20,
+            "largest_unit_mib": max(int(np.prod(s[1:])) for s in shapes.values()) * samples * 4 / 2**20}
+
+
+def _full_width_child(arch_a, arch_b, split_sizes, probe_size, setting, queue):
+    with common.thread_setting(setting):
+        splits = common.synthetic_splits((3, 32, 32), 10, *split_sizes)
+        torch.manual_seed(0)
+        model_a = build_model(arch_a, (3, 32, 32), 10)
+        torch.manual_seed(1)
+        model_b = build_model(arch_b, (3, 32, 32), 10)
+        memory = StageMemory()
+        seen = []
+
+        def progress(fraction, message):
+            seen.append(torch.get_num_threads())
+            memory(fraction, message)
+
+        rss_before = _vm_kib("VmRSS") / 1024
+        start = time.perf_counter()
+        result = run_fusion(model_a, model_b, splits, FusionConfig.from_flat(device="cpu", probe_size=probe_size), progress=progress)
+        total = time.perf_counter() - start
+    queue.put({"timings_s": result.timings_s, "total_s": total, "threads": seen[0], "rss_before_mib": rss_before,
+               "stage_memory": memory.stages, "held_activations": {"model_a": held_activations_mib(model_a, probe_size),
+                                                                   "model_b": held_activations_mib(model_b, probe_size)},
+               "macs_per_sample": {"model_a": forward_macs(model_a), "model_b": forward_macs(model_b)}})
+
+
+def full_width_section(pairs, split_sizes, probe_size, settings) -> list[dict]:
+    """One ``run_fusion`` per (pair, thread setting), each in a fresh process with glibc's mmap threshold
+    fixed, so freed blocks go back to the system and each stage's peak is its own."""
+    ctx = multiprocessing.get_context("spawn")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)   # read by the children's glibc at start
+    entries = []
+    try:
+        for arch_a, arch_b in pairs:
+            for setting in settings:
+                queue = ctx.Queue()
+                proc = ctx.Process(target=_full_width_child, args=(arch_a, arch_b, split_sizes, probe_size, setting, queue))
+                proc.start()
+                try:
+                    entry = queue.get(timeout=3600)
+                finally:
+                    proc.join(timeout=60)
+                entry.update(pair=f"{arch_a} + {arch_b}", setting=setting, splits=dict(zip(("train", "val", "test"), split_sizes)),
+                             probe_size=probe_size)
+                entry["one_shot_fusion_s"] = sum(v for k, v in entry["timings_s"].items() if k != "evaluation")
+                entries.append(entry)
+                print(f"  {entry['pair']} threads={setting} ({entry['threads']}): total {common.fmt_seconds(entry['total_s'])}, "
+                      f"one-shot fusion {common.fmt_seconds(entry['one_shot_fusion_s'])}, peak "
+                      f"{max(m['rss_peak_mib'] for m in entry['stage_memory'].values()):.0f} MiB", flush=True)
+    finally:
+        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+    return entries
+
+
+def full_width_table(entries: list[dict]) -> str:
+    stages = list(dict.fromkeys(k for e in entries for k in e["timings_s"]))
+    memory = list(dict.fromkeys(k for e in entries for k in e["stage_memory"]))
+    header = ["pair", "threads"] + [f"{k} (s)" for k in stages] + ["one-shot fusion (s)"] + \
+             [f"peak MiB: {k}" for k in memory]
+    rows = [[e["pair"], f"{e['setting']} → {e['threads']}"] + [f"{e['timings_s'].get(k, 0):.2f}" for k in stages]
+            + [f"{e['one_shot_fusion_s']:.1f}"] + [f"{e['stage_memory'][k]['rss_peak_mib']:.0f}" if k in e["stage_memory"]
+                                                    else "–" for k in memory] for e in entries]
+    return common.markdown_table(header, rows)
+
+
+# ----------------------------------------------------------------------------------------------------
 # plots and tables
 
 
@@ -436,11 +620,21 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", default=None, help=f"demo pairs to time (default all: {','.join(DEMO_PAIRS)})")
     parser.add_argument("--repeats", type=int, default=None, help="timing repeats (median is reported)")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: "
-                                                   "stages,core,scaling,devices,memory")
+                                                   "stages,core,scaling,devices,memory,threads,full_width")
+    parser.add_argument("--thread-settings", default=None,
+                        help="thread settings of the threads section (counts, 'default', 'auto'; default "
+                             f"{','.join(FULL['thread_settings'])})")
+    parser.add_argument("--full-width-threads", default=None,
+                        help=f"thread settings of the full-width section (default {','.join(FULL['full_width_threads'])})")
+    parser.add_argument("--name", default=None, help="results file stem (default speed, speed-quick with --quick)")
     args = parser.parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)
     if args.pairs:
         sizes["pairs"] = common.parse_list(args.pairs)
+    if args.thread_settings:
+        sizes["thread_settings"] = common.parse_list(args.thread_settings)
+    if args.full_width_threads:
+        sizes["full_width_threads"] = common.parse_list(args.full_width_threads)
     repeats = args.repeats or sizes["repeats"]
     seeds = common.parse_list(args.seeds, int)
     datasets = common.parse_list(args.datasets)
@@ -449,7 +643,7 @@ def main(argv=None) -> int:
     skip = set(common.parse_list(args.skip))
     threads = common.set_threads(args.threads)
     out = Path(args.out)
-    name = "speed-quick" if args.quick else "speed"
+    name = args.name or ("speed-quick" if args.quick else "speed")
     started = time.perf_counter()
     result = {"benchmark": "speed", "command": common.command_line(), "date": common.now(),
               "machine": common.machine_info(), "quick": args.quick,
@@ -521,6 +715,17 @@ def main(argv=None) -> int:
                                       f"{m['rss_peak_mib']:.0f}", f"{m['rss_increase_mib']:.0f}",
                                       "–" if m["cuda_peak_allocated_mib"] is None else
                                       f"{m['cuda_peak_allocated_mib']:.1f}"] for m in memory]), flush=True)
+
+    if "threads" not in skip:
+        print("\n## Threads (run_fusion, whole run; idle = the machine as it is, loaded = a CPU hog per core)",
+              flush=True)
+        result["threads"] = threads_section(demo, digits, repeats, sizes["thread_settings"])
+        print(threads_table(result["threads"]), flush=True)
+    if "full_width" not in skip:
+        print("\n## Full-width pairs at 3×32×32 (random weights, synthetic data)", flush=True)
+        result["full_width"] = full_width_section(sizes["full_width"], sizes["full_width_splits"],
+                                                  sizes["full_width_probe"], sizes["full_width_threads"])
+        print(full_width_table(result["full_width"]), flush=True)
 
     if stages:
         out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .activations import CONV_MODES
 from .balancing import BALANCE_METHODS
+from .baselines import teacher_logits
 from .barrier import DEFAULT_POINTS, barrier_curves
 from .checkpoints import load_checkpoint, save_checkpoint
 from .compare import DEFAULT_FINETUNE_EPOCHS, compare_methods, comparison_records, markdown_table, metric_downstream, \
@@ -28,6 +29,7 @@ from .compare import DEFAULT_FINETUNE_EPOCHS, compare_methods, comparison_record
 from .config import FLAT_NAMES, INSERTED_WEIGHTS, FusionConfig
 from .data import DATASETS, load_dataset
 from .devices import DEVICES
+from .distributed import process_device, process_group, world_from_env
 from .errors import AlignmentError, FusionError, OutputError
 from .interpolation import GROUPINGS, IMPORTANCES, InterpOptions
 from .many import fuse_many, normalised_weights
@@ -37,7 +39,7 @@ from .otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, 
 from .pipeline import compute_activations, compute_alignment, describe_model, finetune_result, order_pair, \
     probe_inputs, run_fusion
 from .similarity import METRICS
-from .train import OPTIMIZERS, TrainConfig, evaluate, train_model
+from .train import OPTIMIZERS, TrainConfig, evaluate, finetune, train_model
 from .validation import check_finite_model, quote_path
 from .zoo import DEFAULT_PAIR, DEMO_PAIRS, DEMO_SETS, load_demo_pair, load_demo_set
 
@@ -165,6 +167,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_alignment_options(fuse)
     _add_fusion_options(fuse)
 
+    tune = commands.add_parser("finetune", help="finetune a (fused) checkpoint; runs under torchrun too",
+                               description="Finetune a checkpoint, keeping the best validation epoch. Under "
+                                           "`torchrun --nproc_per_node N` the N processes share every batch "
+                                           "(DistributedDataParallel); rank 0 evaluates and writes the files.")
+    tune.add_argument("fused", help="checkpoint to finetune (.safetensors, .pt, .pth)")
+    tune.add_argument("--arch", default=None, help="its arch spec when the checkpoint does not say")
+    tune.add_argument("--dataset", default=None, choices=DATASETS,
+                      help="default: the dataset the checkpoint names, else digits")
+    tune.add_argument("--data-root", default=None, help="folder with the dataset in torchvision's layout")
+    tune.add_argument("--teacher", nargs="+", default=None, metavar="PARENT",
+                      help="checkpoints whose mean logits the model distils from (the fused model's parents)")
+    tune.add_argument("--distill", type=float, default=None,
+                      help=f"weight of the teacher term (default {DEFAULTS['distill']} with --teacher, else 0)")
+    tune.add_argument("--distill-temperature", type=float, default=DEFAULTS["distill_temperature"])
+    tune.add_argument("--epochs", type=int, default=5)
+    tune.add_argument("--lr", type=float, default=DEFAULTS["finetune_lr"])
+    tune.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=OPTIMIZERS)
+    tune.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                      help="per process: under torchrun the global batch is N times this")
+    tune.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    tune.add_argument("--device", default=DEFAULTS["device"], choices=DEVICES)
+    tune.add_argument("--json", dest="json_path", default=None, help="write the finetune report here")
+    tune.add_argument("--out", default=None, help="write the finetuned model (safetensors) here")
+
     demo = commands.add_parser("demo", help="run the fusion end to end on a demo pair (no files needed)")
     demo.add_argument("--pair", default=DEFAULT_PAIR, choices=sorted(DEMO_PAIRS))
     _add_alignment_options(demo)
@@ -252,12 +278,16 @@ def _config(args: argparse.Namespace, **overrides) -> FusionConfig:
     return base.replace(**{**values, "method": method, **overrides})
 
 
+def _load(path: str, arch: str | None, info):
+    """A checkpoint as a model for the dataset described by ``info`` (a clear error when it does not fit)."""
+    return load_checkpoint(path, arch=arch, input_shape=info.input_shape, num_classes=info.num_classes,
+                           dataset=info.name, name=Path(path).name)[0]
+
+
 def _load_models(args: argparse.Namespace, info) -> tuple:
     paths = getattr(args, "models", None) or (args.model_a, args.model_b)
     archs = [args.arch_a, args.arch_b] + [None] * (len(paths) - 2)
-    return tuple(load_checkpoint(path, arch=arch, input_shape=info.input_shape, num_classes=info.num_classes,
-                                 dataset=info.name, name=Path(path).name)[0]
-                 for path, arch in zip(paths, archs))
+    return tuple(_load(path, arch, info) for path, arch in zip(paths, archs))
 
 
 def check_writable(*paths: str | None) -> None:
@@ -457,7 +487,55 @@ def cmd_barrier(args: argparse.Namespace) -> None:
     _barrier_and_report(*_load_models(args, splits.info), splits, _config(args), args)
 
 
-COMMANDS = {"train": cmd_train, "align": cmd_align, "fuse": cmd_fuse, "demo": cmd_demo, "barrier": cmd_barrier,
+def cmd_finetune(args: argparse.Namespace) -> None:
+    check_writable(args.json_path, args.out)
+    world = world_from_env()
+    device = process_device(world, args.device)
+    distill = args.distill if args.distill is not None else (DEFAULTS["distill"] if args.teacher else 0.0)
+    if distill > 0 and not args.teacher:
+        raise FusionError("Distillation needs the parents as teacher: pass --teacher A B, or --distill 0 "
+                          "to finetune on the labels alone.")
+    training = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
+                           seed=args.seed, distill=distill, temperature=args.distill_temperature)
+    dataset = args.dataset or load_checkpoint(args.fused, arch=args.arch, name=Path(args.fused).name)[1].dataset \
+        or "digits"
+    with process_group(world, device):
+        splits = load_dataset(dataset, args.data_root)
+        model = _load(args.fused, args.arch, splits.info)
+        timings = {}
+        start = time.perf_counter()
+        teacher = None
+        if args.teacher and distill > 0:
+            parents = [_load(path, None, splits.info) for path in args.teacher]
+            teacher = teacher_logits(parents, splits.train.tensors[0], device)
+        timings["teacher"] = time.perf_counter() - start
+        bar, update = _progress_bar(f"finetuning {model.spec}") if world.is_main else (None, None)
+        start = time.perf_counter()
+        tuned, history = finetune(model, splits.train, splits.val, training, device, update, teacher_logits=teacher,
+                                  world=world)
+        timings["finetune"] = time.perf_counter() - start
+        if not world.is_main:
+            return
+        bar.close()
+        start = time.perf_counter()
+        accuracy = {"before": evaluate(model, splits.test, device), "after": evaluate(tuned, splits.test, device)}
+        timings["evaluation"] = time.perf_counter() - start
+    if args.out:
+        _write(args.out, lambda: save_checkpoint(tuned, args.out, dataset=dataset, extra={
+            "finetuned_from": Path(args.fused).name, "best_epoch": str(history.best_epoch)}))
+    _write_json(args.json_path, {
+        "checkpoint": args.fused, "dataset": dataset, "teachers": args.teacher or [], "accuracy": accuracy,
+        "val_accuracy": history.val_accuracy, "best_epoch": history.best_epoch, "train_loss": history.train_loss,
+        "config": asdict(training), "world_size": world.size, "batch_size_per_process": training.batch_size,
+        "global_batch_size": training.batch_size * world.size, "device": str(device),
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+    })
+    if args.json_path:
+        print(f"test accuracy {accuracy['before'] * 100:.2f} % -> {accuracy['after'] * 100:.2f} % "
+              f"(best validation epoch {history.best_epoch} of {training.epochs})")
+
+
+COMMANDS = {"train": cmd_train, "align": cmd_align, "fuse": cmd_fuse, "finetune": cmd_finetune, "demo": cmd_demo, "barrier": cmd_barrier,
             "compare": cmd_compare}
 
 

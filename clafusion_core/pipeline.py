@@ -25,7 +25,7 @@ from .activations import unit_activations
 from .alignment import align_layers, alignment_cost, validate_mapping
 from .balancing import Balanced, balance
 from .baselines import ensemble_accuracy, teacher_logits, vanilla_average
-from .data import DataSplits, probe_examples
+from .data import DataSplits, default_probe_size, probe_examples
 from .devices import resolve_device
 from .errors import AlignmentError, CheckpointError
 from .layers import model_view
@@ -34,6 +34,7 @@ from .config import FusionConfig
 from .methods import FusionBatch, FusionOutput, get_method
 from .repair import repair_statistics, repairable_layers, with_biases
 from .similarity import cost_matrix
+from .threads import sized_by, work_of
 from .train import Progress, cached_accuracy, evaluate, finetune, reset_batchnorm
 from .validation import check_finite_model
 
@@ -152,6 +153,7 @@ def probe_inputs(splits: DataSplits, config: FusionConfig) -> torch.Tensor:
     return fusion_batch(splits, config).inputs
 
 
+@sized_by(lambda args: work_of([args["model"]], len(args["probe"])))
 def compute_activations(model: nn.Module, probe: torch.Tensor, config: FusionConfig) -> list[list[torch.Tensor]]:
     """Per-stage unit activations of one model (cache these: every metric reuses them)."""
     return unit_activations(model, probe, pre=config.alignment.activation == "pre", conv=config.alignment.conv_features)
@@ -292,6 +294,8 @@ def _timed(timings: dict[str, float], stage: str):
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
+@sized_by(lambda args: work_of([args["model_a"], args["model_b"]],
+                              args["config"].probe.size or default_probe_size(args["config"].probe.dataset)))
 def run_fusion(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, config: FusionConfig = FusionConfig(),
                progress: Progress | None = None,
                on_epoch: Callable[[str, int, float], None] | None = None) -> FusionResult:

@@ -22,9 +22,12 @@ from numbers import Integral
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 
+from .distributed import SINGLE, EpochBatches, World
 from .errors import FusionError
+from .threads import sized_by, work_of
 
 Progress = Callable[[float, str], None]
 OPTIMIZERS = ("sgd", "adam")
@@ -153,36 +156,44 @@ def evaluate(model: nn.Module, dataset: TensorDataset, device: torch.device | st
     return accuracy_of_logits(predict_logits(model, inputs, device), labels)
 
 
+@sized_by(lambda args: 3 * work_of([args["model"]], args["config"].batch_size))  # forward + backward ≈ 3 forwards
 def train_model(model: nn.Module, train: TensorDataset, val: TensorDataset, config: TrainConfig,
                 device: torch.device | str = "cpu", progress: Progress | None = None,
                 on_epoch: Callable[[int, float], None] | None = None,
-                teacher_logits: torch.Tensor | None = None) -> History:
+                teacher_logits: torch.Tensor | None = None, world: World = SINGLE) -> History:
     """Train in place; report progress per batch and validation accuracy per epoch.
 
     The loss is cross-entropy, mixed with distillation from ``teacher_logits`` (one row per training
     example) when ``config.distill`` > 0. With ``select_best`` the weights of the best validation epoch
     are kept, the starting weights (epoch 0) included, so finetuning never returns a model worse on
     validation than it was given.
+
+    With a ``world`` of N processes (torchrun; the process group joined, see :mod:`.distributed`) each
+    process trains on its share of every global batch of ``N · config.batch_size`` examples through
+    DistributedDataParallel, and only rank 0 evaluates, reports and selects the best epoch: rank 0's
+    model is the result (the others end with the last epoch's weights).
     """
     if config.distill > 0 and (teacher_logits is None or len(teacher_logits) != len(train)):
         raise FusionError("Distillation needs the teacher's logits for every training example.")
     with torch.random.fork_rng(devices=[]):   # seeded locally: the caller's random state is left as it was
         torch.manual_seed(config.seed)
-        return _train(model, train, val, config, device, progress, on_epoch, teacher_logits)
+        return _train(model, train, val, config, device, progress, on_epoch, teacher_logits, world)
 
 
 def _train(model: nn.Module, train: TensorDataset, val: TensorDataset, config: TrainConfig, device, progress,
-           on_epoch, teacher_logits) -> History:
+           on_epoch, teacher_logits, world: World) -> History:
     model.to(device)
     optimizer = _optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     if config.distill > 0:  # the teacher's logits travel with their examples through the shuffle
         train = TensorDataset(*train.tensors, teacher_logits.float().cpu())
-    loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator)
-    history = History(val_accuracy=[evaluate(model, val, device)])
-    if on_epoch:
+    loader = EpochBatches(train, config.batch_size, generator, world)
+    network = DistributedDataParallel(model) if world.size > 1 else model   # averages gradients over processes
+    select_best = config.select_best and world.is_main
+    history = History(val_accuracy=[evaluate(model, val, device)] if world.is_main else [])
+    if on_epoch and world.is_main:
         on_epoch(0, history.val_accuracy[0])
-    best_state, best_accuracy = copy.deepcopy(model.state_dict()), history.val_accuracy[0]
+    best_state, best_accuracy = (copy.deepcopy(model.state_dict()), history.val_accuracy[0]) if select_best else (None, 0)
     steps = max(1, config.epochs * len(loader))
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -190,22 +201,24 @@ def _train(model: nn.Module, train: TensorDataset, val: TensorDataset, config: T
         for step, (inputs, labels, *teacher) in enumerate(loader):
             inputs, labels = inputs.to(device), labels.to(device)
             teacher_batch = teacher[0].to(device) if teacher else None
-            loss = distillation_loss(model(inputs), labels, teacher_batch, config.distill, config.temperature)
+            loss = distillation_loss(network(inputs), labels, teacher_batch, config.distill, config.temperature)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total, count = total + loss.item() * len(labels), count + len(labels)
             if progress:
                 progress(((epoch - 1) * len(loader) + step + 1) / steps, f"epoch {epoch}/{config.epochs}")
+        history.train_loss.append(total / max(count, 1))   # this process's share of the epoch
+        if not world.is_main:
+            continue
         accuracy = evaluate(model, val, device)
-        history.train_loss.append(total / max(count, 1))
         history.val_accuracy.append(accuracy)
         if on_epoch:
             on_epoch(epoch, accuracy)
-        if config.select_best and accuracy > best_accuracy:
+        if select_best and accuracy > best_accuracy:
             best_accuracy, best_state = accuracy, copy.deepcopy(model.state_dict())
             history.best_epoch = epoch
-    if config.select_best:
+    if select_best:
         model.load_state_dict(best_state)
     else:
         history.best_epoch = config.epochs
@@ -216,11 +229,11 @@ def _train(model: nn.Module, train: TensorDataset, val: TensorDataset, config: T
 def finetune(model: nn.Module, train: TensorDataset, val: TensorDataset, config: TrainConfig,
              device: torch.device | str = "cpu", progress: Progress | None = None,
              on_epoch: Callable[[int, float], None] | None = None,
-             teacher_logits: torch.Tensor | None = None) -> tuple[nn.Module, History]:
+             teacher_logits: torch.Tensor | None = None, world: World = SINGLE) -> tuple[nn.Module, History]:
     """A finetuned *copy* of ``model`` (best validation epoch kept); the input model is untouched."""
     tuned = copy.deepcopy(model)
     history = train_model(tuned, train, val, TrainConfig(**{**config.__dict__, "select_best": True}),
-                          device, progress, on_epoch, teacher_logits)
+                          device, progress, on_epoch, teacher_logits, world)
     return tuned, history
 
 

@@ -22,6 +22,7 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .data import load_dataset
 from .errors import FusionError
 from .models import build_model
+from .threads import pinned
 from .train import Progress, TrainConfig, train_model
 
 ZOO_VERSION = "2"  # bump when training or model definitions change: old caches are then retrained
@@ -110,13 +111,9 @@ def trained_model(arch: str, seed: int, dataset: str = "digits", training: Train
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the seed fixes the initial weights (train_model seeds the batch order)
         model = build_model(arch, splits.info.input_shape, splits.info.num_classes)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # float sums depend on the thread count: one thread gives the same model everywhere
-    try:
+    with pinned(1):  # float sums depend on the thread count: one thread gives the same model everywhere
         train_model(model, splits.train, splits.val, TrainConfig(**{**asdict(training), "seed": seed}),
                     progress=progress)
-    finally:
-        torch.set_num_threads(threads)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
         temporary = Path(handle.name)

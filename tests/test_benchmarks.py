@@ -83,6 +83,18 @@ def test_speed_quick_writes_results(speed):
 
     assert "cuda_available" in data["devices"]
     assert data["memory"] and data["memory"][0]["rss_peak_mib"] > 0
+    threads = data["threads"]
+    assert threads["settings"] == ["1", "auto"] and set(threads["loads"]) == {"idle", "loaded"}
+    for load in threads["loads"].values():
+        pair = load["pairs"]["mlp"]
+        assert pair["ratio_to_auto"]["auto"] == 1.0 and pair["runs_s"]["1"]["threads"] == 1
+        assert {"activations", "fusion", "evaluation", "total"} <= set(pair["runs_s"]["auto"])
+    wide = data["full_width"][0]
+    assert wide["pair"] == "resnet18x0.125 + resnet18x0.125" and wide["threads"] >= 1
+    assert {"activations", "OT fusion", "evaluation"} <= set(wide["stage_memory"])
+    assert all(m["rss_peak_mib"] >= m["rss_start_mib"] > 0 for m in wide["stage_memory"].values())
+    held = wide["held_activations"]["model_a"]
+    assert held["full_resolution_mib"] > held["pooled_mib"] > 0 and wide["one_shot_fusion_s"] > 0
     assert (out / "speed-quick_scaling.html").stat().st_size > 0
     assert (out / "speed-quick_stages.html").stat().st_size > 0
 
@@ -138,3 +150,18 @@ def test_compare_quick_writes_barriers_and_the_method_table(tmp_path):
     assert barrier["barrier_heights"]["ot"] < barrier["barrier_heights"]["naive"]
     assert "| Vanilla averaging (no alignment) |" in proc.stdout
     assert all(math.isfinite(x) for x in _numbers(data["barriers"]))
+
+
+@pytest.mark.slow  # starts torchrun and three single-process runs: about a minute on 2 busy cores
+def test_ddp_quick_compares_one_and_two_processes(tmp_path):
+    _, proc, data = _run_quick("ddp.py", tmp_path)
+    _check_machine(data)
+    assert data["benchmark"] == "ddp" and "| model |" in proc.stdout
+    rows = data["models"][0]["rows"]
+    assert list(rows) == data["settings"]["rows"]
+    assert [r["world_size"] for r in rows.values()] == [1, 1, 2]
+    assert {r["global_batch"] for r in rows.values()} == {128}
+    accuracies = [r["test_accuracy"] for r in rows.values()]
+    assert max(accuracies) - min(accuracies) <= 1 / 359   # the same training however it is split (float
+    # summation order aside, which can move one of the 359 test images)
+    assert all(r["finetune_s"] > 0 for r in rows.values())

@@ -11,6 +11,7 @@ from clafusion_core.checkpoints import load_checkpoint, save_checkpoint
 from clafusion_core.cli import main
 from clafusion_core.config import FusionConfig
 from clafusion_core.models import build_model
+from clafusion_core.train import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,35 @@ def test_fuse_writes_result_and_a_model_the_cli_loads_again(trained, tmp_path):
     assert load_checkpoint(fused)[1].arch == payload["models"]["fused"]["arch"]
     again = tmp_path / "again.json"
     assert main(["align", str(fused), str(trained["shallow"]), "--json", str(again)]) == 0
+
+
+def test_finetune_of_a_fused_checkpoint_equals_the_finetune_inside_fuse(trained, tmp_path):
+    """Fusing and finetuning on different machines gives what ``fuse --finetune-epochs`` gives on one."""
+    models = [str(trained["deep"]), str(trained["shallow"])]
+    in_one = tmp_path / "in_one.json"
+    assert main(["fuse", *models, "--finetune-epochs", "2", "--json", str(in_one)]) == 0
+    fused, report = tmp_path / "fused.safetensors", tmp_path / "finetune.json"
+    assert main(["fuse", *models, "--out", str(fused), "--json", str(tmp_path / "fused.json")]) == 0
+    assert main(["finetune", str(fused), "--teacher", *models, "--epochs", "2", "--json", str(report)]) == 0
+    one, two = json.loads(in_one.read_text()), json.loads(report.read_text())
+    assert two["config"]["distill"] == 0.9 and two["world_size"] == 1 and two["global_batch_size"] == 64
+    assert two["accuracy"]["before"] == one["accuracy"]["fused"]
+    assert two["accuracy"]["after"] == one["accuracy"]["fused_finetuned"]
+    assert two["val_accuracy"] == one["histories"]["fused"]
+
+
+def test_finetune_on_labels_keeps_the_best_validation_epoch(trained, tmp_path, digits):
+    out, report = tmp_path / "tuned.safetensors", tmp_path / "finetune.json"
+    assert main(["finetune", str(trained["shallow"]), "--epochs", "3", "--lr", "0.2", "--optimizer", "adam",
+                 "--batch-size", "32", "--out", str(out), "--json", str(report)]) == 0
+    payload = json.loads(report.read_text())
+    assert payload["config"]["distill"] == 0 and payload["teachers"] == [] and payload["dataset"] == "digits"
+    history = payload["val_accuracy"]
+    assert len(history) == 4 and history[payload["best_epoch"]] == max(history)
+    tuned, info = load_checkpoint(out)
+    assert evaluate(tuned, digits.val) == history[payload["best_epoch"]]   # the kept weights are that epoch's
+    assert evaluate(tuned, digits.test) == payload["accuracy"]["after"]
+    assert info.extra["best_epoch"] == str(payload["best_epoch"])
 
 
 def test_demo_runs_the_default_pair(tmp_path, mlp_pair):
@@ -117,6 +147,8 @@ def test_bad_config_files_are_one_sentence(trained, tmp_path, capsys, content, m
     (lambda p, t: ["align", str(p["deep"]), str(t / "wrong_classes.safetensors")], "classes"),
     (lambda p, t: ["fuse", str(p["deep"]), str(p["shallow"]), "--device", "cuda"], "CUDA"),
     (lambda p, t: ["fuse", str(p["deep"]), str(p["shallow"]), "--distill", "1.5"], "distillation weight"),
+    (lambda p, t: ["finetune", str(p["deep"]), "--distill", "0.5"], "--teacher"),
+    (lambda p, t: ["finetune", str(p["deep"]), "--teacher", str(t / "wrong_classes.safetensors")], "classes"),
 ])
 def test_user_errors_exit_2_with_one_sentence(trained, tmp_path, capsys, make_args, message):
     if message == "CUDA" and torch.cuda.is_available():
@@ -137,3 +169,16 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "Traceback" not in run.stderr and "bad.pt" in run.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_finetune_on_cuda_follows_the_cpu_run(trained, tmp_path):
+    reports = {}
+    for device in ("cpu", "cuda"):
+        reports[device] = tmp_path / f"{device}.json"
+        assert main(["finetune", str(trained["deep"]), "--teacher", str(trained["deep"]), str(trained["shallow"]),
+                     "--epochs", "2", "--device", device, "--json", str(reports[device])]) == 0
+    cpu, cuda = (json.loads(reports[d].read_text()) for d in ("cpu", "cuda"))
+    assert cuda["device"].startswith("cuda")
+    assert cuda["val_accuracy"] == pytest.approx(cpu["val_accuracy"], abs=2 / 360)   # ± two validation images
