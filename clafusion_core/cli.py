@@ -1,4 +1,4 @@
-"""Command line: ``python -m clafusion_core {train,align,fuse,demo,barrier} ...``.
+"""Command line: ``python -m clafusion_core {train,align,fuse,demo,barrier,compare} ...``.
 
 User errors (a bad file, a missing dataset, an impossible alignment, an output folder that does not
 exist) print one sentence on stderr and exit with status 2 — never a traceback. Outputs are checked to

@@ -87,7 +87,7 @@ class Comparison:
                 "finetune_epochs": self.finetune_epochs, "notes": self.notes, "config": self.config.to_dict()}
 
 
-def _finetuned_copy(model: nn.Module, model_a: nn.Module, model_b: nn.Module, splits: DataSplits,
+def _finetuned_accuracy(model: nn.Module, model_a: nn.Module, model_b: nn.Module, splits: DataSplits,
                     config: FusionConfig) -> float:
     """Test accuracy of ``model`` after the finetune every fused model gets (same settings, same teacher)."""
     device = resolve_device(config.device)
@@ -139,7 +139,7 @@ def compare_methods(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, 
             row.barrier = curves[NAIVE].height
         if finetune_epochs:
             start = time.perf_counter()
-            row.finetuned = _finetuned_copy(vanilla, model_a, model_b, splits, tuning)
+            row.finetuned = _finetuned_accuracy(vanilla, model_a, model_b, splits, tuning)
             row.finetune_seconds = time.perf_counter() - start
         add(row)
     else:

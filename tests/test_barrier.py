@@ -90,3 +90,23 @@ def test_a_different_depth_pair_runs_between_the_balanced_parents(mlp_pair, digi
         assert curve.accuracy[-1] == pytest.approx(accuracy_b)
     payload = result.to_json()
     assert set(payload["barrier_heights"]) == {"ot", "ot+repair"} and payload["config"]["balancing"]["method"] == "add"
+
+
+class _RefitMethod:
+    """A stand-in for a method that fits a new model per weight (no aligned parents), e.g. interpolation."""
+
+    name, title, options_type = "refit", "Refit per weight", methods.OTOptions
+
+    def fuse(self, parents, reference, weights, batch, options, layer_weights=None):
+        output = methods.METHODS["ot"].fuse(parents, reference, weights, batch, options, layer_weights)
+        return methods.FusionOutput(output.model, output.correspondence, None)
+
+
+def test_every_registered_method_gets_a_curve_when_it_has_aligned_parents_and_a_reason_when_not(
+        same_shape_pair, digits, monkeypatch):
+    monkeypatch.setitem(methods.METHODS, "refit", _RefitMethod())
+    monkeypatch.setitem(methods.METHODS, "ot-again", methods.OTFusion())     # a second aligning method
+    result = barrier_curves(*same_shape_pair, digits, FusionConfig.from_flat(repair=False), points=3)
+    assert set(result.curves) == {"naive", "ot", "ot-again"}
+    assert "no aligned parents" in result.skipped["refit"]
+    assert result.curves["ot-again"].loss == pytest.approx(result.curves["ot"].loss)
