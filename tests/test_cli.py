@@ -182,3 +182,17 @@ def test_finetune_on_cuda_follows_the_cpu_run(trained, tmp_path):
     cpu, cuda = (json.loads(reports[d].read_text()) for d in ("cpu", "cuda"))
     assert cuda["device"].startswith("cuda")
     assert cuda["val_accuracy"] == pytest.approx(cpu["val_accuracy"], abs=2 / 360)   # ± two validation images
+
+
+def test_fuse_with_neuron_interpolation_records_the_method_its_options_and_diagnostics(trained, tmp_path):
+    out = tmp_path / "interp.json"
+    assert main(["fuse", str(trained["deep"]), str(trained["shallow"]), "--method", "interp", "--fusion-size", "300",
+                 "--grouping", "hungarian", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["method"] == "interp" and payload["config"]["fusion"]["name"] == "interp"
+    assert payload["config"]["fusion"]["options"]["fusion_size"] == 300
+    assert payload["config"]["fusion"]["options"]["grouping"] == "hungarian"
+    assert payload["accuracy"]["fused"] is not None and payload["diagnostics"]
+    assert {"fit_residual", "cluster_sizes", "ridge"} <= set(payload["diagnostics"][0])
+    config = FusionConfig.from_dict(payload["config"])
+    assert config.fusion.options.fusion_size == 300 and config.fusion.name == "interp"
