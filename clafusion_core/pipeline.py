@@ -96,6 +96,7 @@ class FusionResult:
     swapped: bool = False
     layer_weights: dict[str, list[float]] = field(default_factory=dict)
     repair: dict = field(default_factory=dict)
+    threads: int = 1                  # torch's intra-op threads the run used (float sums depend on it)
     fused_finetuned: nn.Module | None = None
     histories: dict[str, list[float]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -112,6 +113,7 @@ class FusionResult:
             "method": self.config.fusion.name,
             "layer_weights": self.layer_weights,
             "repair": self.repair,
+            "threads": self.threads,
             "diagnostics": self.fused.diagnostics,
             "accuracy": self.accuracy,
             "histories": self.histories,
@@ -316,7 +318,7 @@ def run_fusion(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, confi
     report(0.15, "balancing")
     with _timed(timings, "balancing"):
         balanced = balance(model_a, model_b, alignment.mappings, config.balancing.method, batch.inputs)
-    report(0.2, f"fusion ({get_method(config.fusion.name).title})")
+    report(0.2, "fusion")
     with _timed(timings, "fusion"):
         fused, layer_weights, repair_report = fuse_balanced(balanced, batch, splits, config, device)
 
@@ -336,7 +338,8 @@ def run_fusion(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, confi
         }
 
     result = FusionResult(config, model_a, model_b, alignment, balanced, fused, accuracy, timings, swapped,
-                          layer_weights=layer_weights, repair=repair_report, warnings=warnings)
+                          layer_weights=layer_weights, repair=repair_report, threads=torch.get_num_threads(),
+                          warnings=warnings)
     if config.finetune.epochs > 0:
         finetune_result(result, splits, progress=lambda f, m: report(0.35 + 0.65 * f, m), on_epoch=on_epoch)
     check_finite_model(result.fused.model, result.fused_finetuned)

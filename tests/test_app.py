@@ -399,7 +399,7 @@ def test_local_paths_that_are_not_files_are_refused_without_opening_them(tmp_pat
 def test_two_concurrent_sessions_get_the_results_of_one(monkeypatch):
     """Two sessions record activations of the one cached demo model at the same time (a barrier holds each
     session's first forward pass until the other's is running too); each must get what it gets alone."""
-    sizes = (160, 110)   # each session its own probe batch, so neither is served from the other's cache
+    sizes = (200, 100)   # each session its own probe batch, so neither is served from the other's cache
     barrier, seen = threading.Barrier(2), set()
 
     def rendezvous(module, args):
@@ -416,7 +416,7 @@ def test_two_concurrent_sessions_get_the_results_of_one(monkeypatch):
             at.session_state[state.PROBE_SIZE] = size
             at.switch_page(PAGES[0]).run()
             assert_clean(at)
-            assert not at_errors(at) and at.number_input(key=state.PROBE_SIZE).value == size
+            assert not at_errors(at) and at.selectbox(key=state.PROBE_SIZE).value == size
             results[size] = heatmap_spec(at)["data"][0]["z"]
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             failures.append(exc)

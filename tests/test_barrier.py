@@ -95,7 +95,7 @@ def test_a_different_depth_pair_runs_between_the_balanced_parents(mlp_pair, digi
 class _RefitMethod:
     """A stand-in for a method that fits a new model per weight (no aligned parents), e.g. interpolation."""
 
-    name, title, options_type = "refit", "Refit per weight", methods.OTOptions
+    name, title, options_type, aligns = "refit", "Refit per weight", methods.OTOptions, False
 
     def fuse(self, parents, reference, weights, batch, options, layer_weights=None):
         output = methods.METHODS["ot"].fuse(parents, reference, weights, batch, options, layer_weights)

@@ -216,3 +216,11 @@ def test_a_run_leaves_the_parents_and_the_global_rng_as_they_were(mlp_pair, digi
     for model, state in zip(mlp_pair, before):
         for key, value in model.state_dict().items():
             assert torch.equal(value, state[key]) and value.device == state[key].device
+
+
+def test_result_json_records_the_thread_count_the_run_used(mlp_pair, digits):
+    from clafusion_core.threads import pinned
+
+    for count in (1, 2):
+        with pinned(count):
+            assert run_fusion(*mlp_pair, digits, FusionConfig()).to_json()["threads"] == count
