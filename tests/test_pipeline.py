@@ -224,3 +224,23 @@ def test_result_json_records_the_thread_count_the_run_used(mlp_pair, digits):
     for count in (1, 2):
         with pinned(count):
             assert run_fusion(*mlp_pair, digits, FusionConfig()).to_json()["threads"] == count
+
+
+def test_a_finetune_stopped_midway_keeps_the_fused_model_from_before_it(mlp_pair, digits):
+    """What the app's stop button relies on: the finetune works on a copy and only stores it when done."""
+    import copy
+
+    from clafusion_core.pipeline import finetune_result
+
+    result = run_fusion(*mlp_pair, digits, FusionConfig())
+    before = copy.deepcopy(result.fused.model.state_dict())
+
+    def stop(name, epoch, accuracy):
+        if epoch == 1:
+            raise KeyboardInterrupt   # Streamlit's stop ends the script thread the same way, mid-epoch loop
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune_result(result, digits, epochs=3, on_epoch=stop)
+    assert result.fused_finetuned is None and result.accuracy["fused_finetuned"] is None
+    for key, value in result.fused.model.state_dict().items():
+        assert torch.equal(value, before[key])
