@@ -26,7 +26,7 @@ from .alignment import align_layers, alignment_cost, validate_mapping
 from .balancing import Balanced, balance
 from .baselines import ensemble_accuracy, teacher_logits, vanilla_average
 from .data import DataSplits, default_probe_size, probe_examples
-from .devices import resolve_device
+from .devices import placed_on, resolve_device
 from .errors import AlignmentError, CheckpointError
 from .layers import model_view
 from .models import count_parameters
@@ -249,7 +249,7 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
                   device: torch.device) -> tuple[FusionOutput, dict[str, list[float]], dict]:
     """Fuse with the chosen method, then statistics repair (kept only if it helps on validation) and
     BatchNorm reset. Returns the fusion, the per-layer weights and what repair did."""
-    parents = [balanced.model_a.to(device), balanced.model_b.to(device)]
+    parents = placed_on([balanced.model_a, balanced.model_b], device)   # never moves the caller's models
     batch = batch.to(device)
     weights = [1 - config.fusion.weight, config.fusion.weight]
     layer_weights = inserted_layer_weights(balanced, config.fusion.weight, config.fusion.inserted)
