@@ -7,19 +7,14 @@ session defaults, sidebar navigation), so each also works when opened directly.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:  # AppTest and `streamlit run` from elsewhere
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from app_support import cached, state, ui, views  # noqa: E402
-from app_support.state import ModelRef, PairChoice  # noqa: E402
-from clafusion_core import data, plots, pipeline, zoo  # noqa: E402
-from clafusion_core.checkpoints import MAX_UPLOAD_BYTES  # noqa: E402
+from app_support import cached, state, ui, views
+from app_support.state import ModelRef, PairChoice
+from clafusion_core import data, plots, pipeline, zoo
+from clafusion_core.checkpoints import MAX_UPLOAD_BYTES
 
 SOURCES = {"demo": "Demo pair", "upload": "Upload checkpoints", "paths": "Local paths"}
 DATASET_LABELS = {"digits": "digits — built in, 8×8 (no files needed)", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",

@@ -1,8 +1,7 @@
 """Shared helpers of the benchmarks: machine info, timing, fits, tables and JSON output.
 
-The benchmark scripts run from the repository root (``python benchmarks/speed.py``); importing this
-module puts the repository root on ``sys.path`` so that ``clafusion_core`` is importable without
-installing it.
+The benchmark scripts run from the repository root (``python benchmarks/speed.py``) with the package
+installed (``pip install -r requirements.txt`` installs it, editable).
 """
 
 from __future__ import annotations
@@ -22,11 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 

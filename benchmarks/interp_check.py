@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402  (puts the repository root on sys.path)
+import common  # noqa: E402  (a sibling module: the benchmarks share it)
 
 from clafusion_core.balancing import balance  # noqa: E402
 from clafusion_core.data import load_dataset  # noqa: E402

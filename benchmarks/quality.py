@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402  (puts the repository root on sys.path)
+import common  # noqa: E402  (a sibling module: the benchmarks share it)
 import numpy as np  # noqa: E402
 
 from clafusion_core.baselines import vanilla_average  # noqa: E402

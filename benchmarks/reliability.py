@@ -31,7 +31,7 @@ import time
 import zipfile
 from pathlib import Path
 
-import common  # noqa: F401 - puts the repository root on sys.path
+import common  # noqa: F401 - a sibling module: the benchmarks share it
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

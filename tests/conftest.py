@@ -1,12 +1,7 @@
 """Shared fixtures: the digits splits and the trained demo pairs, built once per test session."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))  # tests/model_utils.py
 
 torch.set_num_threads(1)  # tiny tensors: one thread is as fast, and immune to a busy machine
 

@@ -19,15 +19,13 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from app_support import state  # noqa: E402
-from clafusion_core import checkpoints, pipeline  # noqa: E402
-from clafusion_core.checkpoints import checkpoint_bytes, load_checkpoint  # noqa: E402
-from clafusion_core.config import FinetuneConfig  # noqa: E402
-from clafusion_core.devices import cuda_available  # noqa: E402
-from clafusion_core.models import build_model  # noqa: E402
+from app_support import state
+from clafusion_core import checkpoints, pipeline
+from clafusion_core.checkpoints import checkpoint_bytes, load_checkpoint
+from clafusion_core.config import FinetuneConfig
+from clafusion_core.devices import cuda_available
+from clafusion_core.models import build_model
 
 APP = ROOT / "app.py"
 PAGES = ["pages/1_Alignment.py", "pages/2_Fusion.py", "pages/3_Finetune.py"]

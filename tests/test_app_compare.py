@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from app_support import state
 
-from app_support import state  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 APP = ROOT / "app.py"
 COMPARE, FUSION = "pages/4_Compare.py", "pages/2_Fusion.py"
