@@ -29,7 +29,7 @@ from .layers import model_view
 from .methods import FusionOutput, get_method
 from .otfusion import weighted_average
 from .pipeline import BalancedPair, align_and_balance, describe_model, fusion_batch, \
-    inserted_layer_weights, repair_and_reset
+    inserted_layer_weights, repair_and_reset, run_record
 from .config import FusionConfig
 from .train import Progress, cached_accuracy, evaluate, finetune, reset_batchnorm
 
@@ -63,14 +63,7 @@ class ManyResult:
             "alignments": [None if p is None else {**p.alignment.to_json(), "swapped": p.swapped,
                                                    "inserted": p.balanced.inserted, "removed": p.balanced.removed,
                                                    "exact": p.balanced.exact} for p in self.pairs],
-            "layer_weights": self.layer_weights,
-            "repair": self.repair,
-            "diagnostics": self.fused.diagnostics,
-            "accuracy": self.accuracy,
-            "histories": self.histories,
-            "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
-            "config": self.config.to_dict(),
-            "seed": self.config.seed,
+            **run_record(self),
             "warnings": self.warnings + notes + self.fused.warnings,
         }
 

@@ -111,18 +111,20 @@ class FusionResult:
             "balancing": {"method": self.config.balancing.method, "inserted": self.balanced.inserted,
                           "removed": self.balanced.removed, "exact": self.balanced.exact},
             "method": self.config.fusion.name,
-            "layer_weights": self.layer_weights,
-            "repair": self.repair,
+            **run_record(self),
             "threads": self.threads,
-            "diagnostics": self.fused.diagnostics,
-            "accuracy": self.accuracy,
-            "histories": self.histories,
-            "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
-            "config": self.config.to_dict(),
-            "seed": self.config.seed,
             "swapped": self.swapped,
             "warnings": self.warnings + self.alignment.notes + self.balanced.notes + self.fused.warnings,
         }
+
+
+def run_record(result) -> dict:
+    """The ``result.json`` keys every fusion run shares (a pair's :class:`FusionResult`, N models' result):
+    per-layer weights, repair, the method's diagnostics, accuracies, histories, timings, config and seed."""
+    return {"layer_weights": result.layer_weights, "repair": result.repair, "diagnostics": result.fused.diagnostics,
+            "accuracy": result.accuracy, "histories": result.histories,
+            "timings_s": {k: round(v, 4) for k, v in result.timings_s.items()},
+            "config": result.config.to_dict(), "seed": result.config.seed}
 
 
 def describe_model(model: nn.Module) -> dict:
