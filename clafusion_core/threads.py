@@ -5,7 +5,7 @@ region costs a thread hand-off, and when other processes keep the cores busy a t
 scheduled stalls the whole region: on a shared 2-core machine ``run_fusion`` on the demo pairs ran
 5–11× slower with torch's default of 2 threads than with 1 (``benchmarks/speed.py``, section ``threads``). So the
 library picks the count itself at its entry points (:func:`~clafusion_core.pipeline.run_fusion`,
-activations, training and finetuning), from the size of the work and the number of idle cores:
+activations, training and finetuning, prediction passes), from the size of the work and the number of idle cores:
 
 .. math::
     n = \\min\\big(\\text{ceiling},\\ \\max(1,\\ \\text{cores} - \\text{busy}),\\
