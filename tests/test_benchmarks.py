@@ -91,7 +91,7 @@ def test_speed_quick_writes_results(speed):
         assert {"activations", "fusion", "evaluation", "total"} <= set(pair["runs_s"]["auto"])
     wide = data["full_width"][0]
     assert wide["pair"] == "resnet18x0.125 + resnet18x0.125" and wide["threads"] >= 1
-    assert {"activations", "OT fusion", "evaluation"} <= set(wide["stage_memory"])
+    assert "activations" in wide["stage_memory"] and len(wide["stage_memory"]) >= 4   # keyed by progress message
     assert all(m["rss_peak_mib"] >= m["rss_start_mib"] > 0 for m in wide["stage_memory"].values())
     held = wide["held_activations"]["model_a"]
     assert held["full_resolution_mib"] > held["pooled_mib"] > 0 and wide["one_shot_fusion_s"] > 0
