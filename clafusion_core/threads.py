@@ -3,9 +3,10 @@
 torch starts with one intra-op thread per core. That pays off for large tensors, but every parallel
 region costs a thread hand-off, and when other processes keep the cores busy a thread that is not
 scheduled stalls the whole region: on a shared 2-core machine ``run_fusion`` on the demo pairs ran
-5–11× slower with torch's default of 2 threads than with 1 (``benchmarks/speed.py``, section ``threads``). So the
-library picks the count itself at its entry points (:func:`~clafusion_core.pipeline.run_fusion`,
-activations, training and finetuning), from the size of the work and the number of idle cores:
+4–26× slower with torch's default of 2 threads than with 1 (``benchmarks/speed.py``, section
+``threads``). So the library picks the count itself at its entry points
+(:func:`~clafusion_core.pipeline.run_fusion`, activations, training and finetuning, prediction
+passes), from the size of the work and the number of idle cores:
 
 .. math::
     n = \\min\\big(\\text{ceiling},\\ \\max(1,\\ \\text{cores} - \\text{busy}),\\

@@ -83,6 +83,7 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     raise FusionError(f"Unknown optimiser '{config.optimizer}'; choose one of {OPTIMIZERS}.")
 
 
+@sized_by(lambda args: work_of([args["model"]], min(len(args["inputs"]), args["batch_size"])))
 @torch.no_grad()
 def predict_logits(model: nn.Module, inputs: torch.Tensor, device: torch.device | str = "cpu",
                    batch_size: int = 2048) -> torch.Tensor:

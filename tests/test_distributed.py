@@ -83,7 +83,7 @@ def checkpoints(tmp_path_factory):
     return folder, paths
 
 
-@pytest.mark.slow  # three fresh interpreters import torch: 51 s on the shared 2-core machine at load 5
+# Three fresh interpreters import torch: 24 s on the shared 2-core machine at load 3 (51 s at load 5).
 def test_torchrun_with_two_gloo_processes_matches_one_process_with_the_same_global_batch(checkpoints):
     """2 processes × batch 32 follow 1 process × batch 64 step by step (distillation included): the same
     validation curve and the same weights up to float summation order."""
