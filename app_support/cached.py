@@ -117,6 +117,15 @@ def load_pair(pair: PairChoice) -> LoadedPair:
     return LoadedPair(model_a, model_b, ref_a, ref_b, swapped, infos)
 
 
+def pair_in_use() -> tuple[PairChoice, LoadedPair]:
+    """Every page's start: the pair in use (saying so when it is the default) and its loaded models; a
+    loading error is one sentence and stops the page."""
+    pair, fell_back = state.choice()
+    ui.pair_note(pair, fell_back)
+    with ui.user_errors():
+        return pair, load_pair(pair)
+
+
 def private_copies(loaded: LoadedPair, device: str) -> tuple[nn.Module, nn.Module]:
     """The parents to hand to a run: the shared cached models on the CPU, copies for an accelerator
     (evaluation moves a model to the device in place, which would move the cached one too)."""

@@ -32,10 +32,7 @@ and ResNets the matching is done within each stage (between two poolings / at on
 
 A's layers that no layer of B is matched to are where the Fusion step inserts identity layers into B.
 """)
-pair, fell_back = state.choice()
-ui.pair_note(pair, fell_back)
-with ui.user_errors():
-    loaded = cached.load_pair(pair)
+pair, loaded = cached.pair_in_use()
 model_a, model_b = loaded.model_a, loaded.model_b
 conv = model_a.spec.family != "mlp"
 

@@ -49,10 +49,7 @@ its cluster's weighted mean pre-activation. The chart below then shows which clu
 neuron to the mean and spread its parents had on the probe batch. BatchNorm layers get their statistics
 recomputed on training data instead.
 """)
-pair, fell_back = state.choice()
-ui.pair_note(pair, fell_back)
-with ui.user_errors():
-    loaded = cached.load_pair(pair)
+pair, loaded = cached.pair_in_use()
 is_mlp = loaded.model_a.spec.family == "mlp"
 
 # ------------------------------------------------------------------------------------------- controls

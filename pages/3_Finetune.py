@@ -37,10 +37,8 @@ replacement for the ensemble).
 The fused model can be downloaded as `.safetensors` (it loads back into this app and the CLI), and the
 whole run — cost matrix, alignment, accuracies, timings and settings — as `result.json`.
 """)
-pair, fell_back = state.choice()
-ui.pair_note(pair, fell_back)
+pair, loaded = cached.pair_in_use()
 with ui.user_errors():
-    loaded = cached.load_pair(pair)
     splits = cached.splits(pair.dataset, pair.data_root)
 
 fusion = state.result(pair)

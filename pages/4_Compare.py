@@ -31,10 +31,8 @@ single model rarely reaches; vanilla averaging is the floor.
 **Cost metrics downstream.** The Alignment page shows which layers each cost metric matches. Here each metric's
 matching is fused: the metric whose matching looks cleanest is not always the one that fuses best.
 """)
-pair, fell_back = state.choice()
-ui.pair_note(pair, fell_back)
+pair, loaded = cached.pair_in_use()
 with ui.user_errors():
-    loaded = cached.load_pair(pair)
     splits = cached.splits(pair.dataset, pair.data_root)
 config = state.fusion_config(pair)
 st.caption(f"Settings from the Alignment and Fusion pages: **{METRIC_LABELS[config.alignment.cost]}** alignment, "
