@@ -44,6 +44,8 @@ from .validation import check_finite_model, quote_path
 from .zoo import DEFAULT_PAIR, DEMO_PAIRS, DEMO_SETS, load_demo_pair, load_demo_set
 
 DEFAULTS = FusionConfig().flat()
+CLIP_HELP = ("rescale each finetuning step's gradient to at most this norm (0 = off): a fused model's first "
+             "steps can otherwise knock it far from where fusion put it")
 INTERRUPTED = 130   # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
 
 
@@ -129,6 +131,8 @@ def _add_finetune_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distill", type=float, default=DEFAULTS["distill"],
                         help="weight of distillation from the parents' ensemble while finetuning (0 = labels only)")
     parser.add_argument("--distill-temperature", type=float, default=DEFAULTS["distill_temperature"])
+    parser.add_argument("--clip-grad-norm", type=float, default=DEFAULTS["clip_grad_norm"],
+                        help=CLIP_HELP)
     parser.add_argument("--finetune-parents", action="store_true",
                         help="also finetune the parents for the same epochs (the fair baseline)")
 
@@ -181,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--distill", type=float, default=None,
                       help=f"weight of the teacher term (default {DEFAULTS['distill']} with --teacher, else 0)")
     tune.add_argument("--distill-temperature", type=float, default=DEFAULTS["distill_temperature"])
+    tune.add_argument("--clip-grad-norm", type=float, default=DEFAULTS["clip_grad_norm"], help=CLIP_HELP)
     tune.add_argument("--epochs", type=int, default=5)
     tune.add_argument("--lr", type=float, default=DEFAULTS["finetune_lr"])
     tune.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=OPTIMIZERS)
@@ -496,7 +501,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         raise FusionError("Distillation needs the parents as teacher: pass --teacher A B, or --distill 0 "
                           "to finetune on the labels alone.")
     training = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
-                           seed=args.seed, distill=distill, temperature=args.distill_temperature)
+                           seed=args.seed, distill=distill, temperature=args.distill_temperature,
+                           clip_grad_norm=args.clip_grad_norm)
     dataset = args.dataset or load_checkpoint(args.fused, arch=args.arch, name=Path(args.fused).name)[1].dataset \
         or "digits"
     with process_group(world, device):

@@ -118,6 +118,7 @@ class FinetuneConfig:
     distill: float = 0.9               # weight of distillation from the parents' ensemble (0: labels only)
     temperature: float = 4.0
     parents: bool = False              # also finetune the parents alike (the fair baseline)
+    clip_grad_norm: float = 1.0        # a fused model's first steps can blow up without it (0: off)
 
 
 #: flat name → (sub-config, field). The method's option names are added per method (see ``_split``).
@@ -131,7 +132,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "repair": ("repair", "statistics"), "bn_reset": ("repair", "bn_reset"),
     "finetune_epochs": ("finetune", "epochs"), "finetune_lr": ("finetune", "lr"), "optimizer": ("finetune", "optimizer"),
     "distill": ("finetune", "distill"), "distill_temperature": ("finetune", "temperature"),
-    "finetune_parents": ("finetune", "parents"),
+    "finetune_parents": ("finetune", "parents"), "clip_grad_norm": ("finetune", "clip_grad_norm"),
 }
 SECTIONS = {"probe": ProbeConfig, "alignment": AlignmentConfig, "balancing": BalancingConfig,
             "fusion": MethodConfig, "repair": RepairConfig, "finetune": FinetuneConfig}
@@ -213,7 +214,7 @@ class FusionConfig:
         """The training settings of a finetune, shared by the fused model and the parents' fair baseline."""
         f = self.finetune
         return TrainConfig(epochs=f.epochs, lr=f.lr, optimizer=f.optimizer, seed=self.seed, distill=f.distill,
-                           temperature=f.temperature)
+                           temperature=f.temperature, clip_grad_norm=f.clip_grad_norm)
 
     # --------------------------------------------------------------------------------- files and JSON
 

@@ -28,15 +28,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .activations import record_outputs
+from .activations import Reading, record
 from .layers import WeightLayer, model_view
 from .models import rebuild
 
 
-def moments(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-neuron mean and std over samples (and positions, for conv maps)."""
-    flat = outputs.transpose(0, 1).reshape(outputs.shape[1], -1)
-    return flat.mean(1), flat.std(1)
+def moments(model: nn.Module, probe: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Each layer's per-neuron ``[mean, std]`` over the probe samples (and positions, for conv maps),
+    streamed: the full outputs are never held."""
+    readings = {name: Reading(name, "moments") for name in layers}
+    results = record(model, probe, list(readings.values()))
+    return {name: results[reading] for name, reading in readings.items()}
 
 
 def repairable_layers(model: nn.Module) -> list[WeightLayer]:
@@ -61,8 +63,7 @@ def repair_targets(parents: Sequence[nn.Module], correspondence: dict[str, Seque
                    weights: Sequence[float], layer_weights: dict[str, Sequence[float]] | None,
                    probe: torch.Tensor, layers: list[WeightLayer]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The interpolated target (mean, std) of every fused neuron of ``layers`` (formula above)."""
-    names = {l.name for l in layers}
-    stats = [{k: moments(v) for k, v in record_outputs(parent, probe, names).items()} for parent in parents]
+    stats = [moments(parent, probe, [l.name for l in layers]) for parent in parents]
     targets = {}
     for layer in layers:
         w = (layer_weights or {}).get(layer.name, weights)
@@ -89,7 +90,7 @@ def repair_statistics(fused: nn.Module, parents: Sequence[nn.Module], correspond
     targets = repair_targets(parents, correspondence, weights, layer_weights, probe, layers)
     for layer in layers:
         target_mean, target_std = targets[layer.name]
-        mean_f, std_f = moments(record_outputs(fused, probe, {layer.name})[layer.name])
+        mean_f, std_f = moments(fused, probe, [layer.name])[layer.name]
         scale = target_std / std_f.clamp_min(1e-6)
         scale = torch.where(std_f > 1e-6, scale, torch.ones_like(scale))  # a dead neuron stays as it is
         module = fused.get_submodule(layer.name)

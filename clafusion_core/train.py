@@ -45,6 +45,7 @@ class TrainConfig:
     select_best: bool = False   # keep the best-validation epoch (finetuning) instead of the last
     distill: float = 0.0        # weight of the teacher term in the loss (0: plain cross-entropy)
     temperature: float = 4.0    # softening of both outputs in the teacher term
+    clip_grad_norm: float = 0.0  # rescale each step's gradient to at most this norm (0: never)
 
     def __post_init__(self):
         """Refuse settings torch would fail on mid-run (with a traceback) or silently train NaNs with.
@@ -61,6 +62,8 @@ class TrainConfig:
             raise FusionError(f"The learning rate must be a positive number, not {self.lr}; e.g. 0.01.")
         if not 0 <= self.momentum < 1:
             raise FusionError(f"The momentum must lie in [0, 1), not {self.momentum}; e.g. 0.9.")
+        if not 0 <= self.clip_grad_norm < math.inf:
+            raise FusionError(f"The gradient-norm clip must be 0 (off) or a positive number, not {self.clip_grad_norm}; e.g. 1.")
         if not 0 <= self.weight_decay < math.inf:
             raise FusionError(f"The weight decay must be 0 or a positive number, not {self.weight_decay}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, Integral) or not 0 <= self.seed < 2**32:
@@ -205,6 +208,8 @@ def _train(model: nn.Module, train: TensorDataset, val: TensorDataset, config: T
             loss = distillation_loss(network(inputs), labels, teacher_batch, config.distill, config.temperature)
             optimizer.zero_grad()
             loss.backward()
+            if config.clip_grad_norm > 0:   # after DDP's all-reduce: every process clips the same gradient
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
             optimizer.step()
             total, count = total + loss.item() * len(labels), count + len(labels)
             if progress:

@@ -402,7 +402,7 @@ def test_two_concurrent_sessions_get_the_results_of_one(monkeypatch):
 
     def rendezvous(module, args):
         frame = sys._getframe()
-        while frame is not None and frame.f_code.co_name != "record_outputs":
+        while frame is not None and frame.f_code.co_name != "record":
             frame = frame.f_back
         if frame is not None and threading.get_ident() not in seen:
             seen.add(threading.get_ident())

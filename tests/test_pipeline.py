@@ -188,7 +188,7 @@ OTHER_VALUES = dict(dataset="mnist", data_root="/data", cost="cca", probe_size=3
                     ground_metric="weights", ground_activation="pre", ground_conv_features="pool", solver="sinkhorn",
                     sinkhorn_reg=0.05, fusion_weight=0.3, input_scaling="sum", marginals="importance",
                     inserted_weight="average", repair=False, bn_reset=False, finetune_epochs=3, finetune_lr=0.05,
-                    optimizer="adam", distill=0.5, distill_temperature=2.0, finetune_parents=True, seed=7,
+                    optimizer="adam", distill=0.5, distill_temperature=2.0, finetune_parents=True, clip_grad_norm=0.5, seed=7,
                     device="cpu", mapping=((0, 2),), squared=True, input_correction=False)
 
 

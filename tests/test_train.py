@@ -79,7 +79,27 @@ def test_finetune_leaves_its_input_untouched_and_keeps_the_best_validation_epoch
     assert len(history.val_accuracy) == 4 and history.val_accuracy[history.best_epoch] == max(history.val_accuracy)
 
 
-@pytest.mark.parametrize("config", [dict(distill=1.5), dict(distill=-0.1), dict(temperature=0.0), dict(epochs=-1)])
+@pytest.mark.parametrize("clip", [0.0, 0.05, 1e6])
+def test_a_clipped_step_moves_the_weights_by_lr_times_the_clipped_gradient(clip):
+    """One full-batch SGD step (no momentum): Δθ = −lr · g · min(1, c / ‖g‖), and ‖g‖ > 0.05 here."""
+    torch.manual_seed(0)
+    data = _blobs()
+    model = build_model("mlp:32", (1, 4, 4), 4)
+    inputs, labels = data.tensors
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+    grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    config = TrainConfig(epochs=1, lr=0.1, momentum=0.0, batch_size=len(labels), clip_grad_norm=clip)
+    train_model(model, data, data, config)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    scale = 1.0 if clip == 0 else min(1.0, clip / grad.norm().item())
+    assert grad.norm() > 0.05
+    torch.testing.assert_close(after - before, -0.1 * scale * grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("config", [dict(distill=1.5), dict(distill=-0.1), dict(temperature=0.0), dict(epochs=-1),
+                                    dict(clip_grad_norm=-1.0), dict(clip_grad_norm=float("inf"))])
 def test_invalid_settings_are_one_sentence_errors(config):
     with pytest.raises(FusionError):
         TrainConfig(**config)
