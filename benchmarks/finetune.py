@@ -46,7 +46,8 @@ def pairs_for(dataset: str, pair_seeds: list[int], data_root: str | None) -> lis
 
 def run_pair(models: tuple, splits, dataset: str, args) -> dict:
     """One fusion, then every (weight, seed) finetune of the fused model and of both parents."""
-    base = FusionConfig.from_flat(dataset=dataset, data_root=args.data_root, device="cpu")
+    base = FusionConfig.from_flat(dataset=dataset, data_root=args.data_root, device="cpu",
+                                  clip_grad_norm=args.clip_grad_norm)
     result = run_fusion(*models, splits, base)
     accuracy = dict(result.accuracy)
     better_parent = max(accuracy["model_a"], accuracy["model_b"])
@@ -94,7 +95,8 @@ def render(results: dict, args) -> str:
                              f"{entry['gap_to_better_parent_pp']:+.2f} pp",
                              f"{entry['runs_at_or_above_better_parent']}/{len(entry['runs'])}",
                              common.fmt_pct([max(r["model_a"], r["model_b"]) for r in entry["runs"]])])
-    return (f"{args.epochs} epoch(s), lr {args.lr:g}, SGD (momentum 0.9), temperature "
+    return (f"{args.epochs} epoch(s), lr {args.lr:g}, SGD (momentum 0.9), gradient norm clipped at "
+            f"{args.clip_grad_norm:g} (0: not clipped), temperature "
             f"{FinetuneConfig.temperature:g}, finetune seeds {args.finetune_seeds}; test accuracy in %, "
             "mean ± std over the finetune seeds.\n\n" + common.markdown_table(header, rows))
 
@@ -106,6 +108,7 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", default=f"0,{FinetuneConfig.distill:g}", help="distillation weights to compare")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=FinetuneConfig.lr)
+    parser.add_argument("--clip-grad-norm", type=float, default=FinetuneConfig.clip_grad_norm)
     args = parser.parse_args(argv)
     args.finetune_seeds = common.parse_list(args.seeds, int)
     args.pair_seeds = common.parse_list(args.pair_seeds, int)
@@ -117,7 +120,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     output = {"benchmark": "finetune", "command": common.command_line(), "date": common.now(),
               "machine": common.machine_info(), "quick": args.quick,
-              "settings": {"epochs": args.epochs, "lr": args.lr, "weights": args.weights,
+              "settings": {"epochs": args.epochs, "lr": args.lr, "clip_grad_norm": args.clip_grad_norm,
+                           "weights": args.weights,
                            "temperature": FinetuneConfig.temperature, "finetune_seeds": args.finetune_seeds,
                            "pair_seeds": args.pair_seeds, "threads": threads},
               "datasets": {}}

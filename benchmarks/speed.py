@@ -446,8 +446,8 @@ class StageMemory:
 
 
 def held_activations_mib(model, samples: int) -> dict:
-    """What the probe activations of ``model`` weigh (float32): every alignable unit's output at full
-    resolution, as ``activations.record_outputs`` keeps them, against one value per channel once pooled."""
+    """What the probe activations of ``model`` would weigh (float32) held at full resolution — what
+    ``activations.record`` avoids by reducing each chunk in its hook — against one value per channel pooled."""
     shapes = {}
     with torch.device("meta"):
         copy = build_model(str(model.spec), model.input_shape, model.num_classes).eval()
