@@ -34,7 +34,7 @@ from torch.utils.data import TensorDataset
 
 from .baselines import same_shapes, vanilla_average
 from .data import DataSplits
-from .devices import placed_on, resolve_device
+from .devices import cpu_fallback, placed_on, resolve_device
 from .errors import FusionError
 from .methods import METHODS, FusionBatch, FusionOutput
 from .otfusion import weighted_average
@@ -166,6 +166,7 @@ def interpolation_curve(path: StraightPath, ts: Sequence[float], splits: DataSpl
     return curve
 
 
+@cpu_fallback
 def barrier_curves(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, config: FusionConfig = FusionConfig(),
                    points: int = DEFAULT_POINTS, *, methods: Sequence[str] | None = None,
                    progress: Progress | None = None, on_point: PointCallback | None = None) -> BarrierResult:

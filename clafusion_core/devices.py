@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import functools
+import inspect
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -36,3 +39,34 @@ def placed_on(models: Sequence[nn.Module], device: torch.device) -> list[nn.Modu
     """The models themselves where they already live on ``device``, else private copies moved there
     (so the caller's models never change device)."""
     return [m if next(m.parameters()).device == device else copy.deepcopy(m).to(device) for m in models]
+
+
+GPU_OUT_OF_MEMORY = ("The GPU ran out of memory, so this run was repeated on the CPU; choose a smaller probe "
+                     "or model to keep it on the GPU.")
+
+
+def cpu_fallback(function: Callable) -> Callable:
+    """Decorator for entry points taking a ``config`` with a ``device``: when a run on the GPU runs out of
+    memory, it is run again from the start on the CPU, with a visible warning (a Python warning, and in
+    the result's ``warnings`` where it has them)."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        config = bound.arguments["config"]
+        try:
+            return function(*bound.args, **bound.kwargs)
+        except torch.cuda.OutOfMemoryError:
+            if config.device == "cpu":
+                raise
+        torch.cuda.empty_cache()
+        warnings.warn(GPU_OUT_OF_MEMORY, RuntimeWarning, stacklevel=2)
+        bound.arguments["config"] = config.replace(device="cpu")
+        result = function(*bound.args, **bound.kwargs)
+        if isinstance(getattr(result, "warnings", None), list):
+            result.warnings.append(GPU_OUT_OF_MEMORY)
+        return result
+
+    return wrapper

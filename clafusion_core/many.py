@@ -23,7 +23,7 @@ from torch import nn
 
 from .baselines import ensemble_accuracy, same_shapes, teacher_logits
 from .data import DataSplits
-from .devices import placed_on, resolve_device
+from .devices import cpu_fallback, placed_on, resolve_device
 from .errors import AlignmentError
 from .layers import model_view
 from .methods import FusionOutput, get_method
@@ -112,6 +112,7 @@ def spread_layer_weights(pairs: Sequence[BalancedPair | None], weights: list[flo
     return spread
 
 
+@cpu_fallback
 def fuse_many(models: Sequence[nn.Module], splits: DataSplits, config: FusionConfig = FusionConfig(),
               reference: int | None = None, weights: Sequence[float] | None = None,
               progress: Progress | None = None) -> ManyResult:

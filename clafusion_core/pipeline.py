@@ -26,7 +26,7 @@ from .alignment import align_layers, alignment_cost, validate_mapping
 from .balancing import Balanced, balance
 from .baselines import ensemble_accuracy, teacher_logits, vanilla_average
 from .data import DataSplits, default_probe_size, probe_examples
-from .devices import placed_on, resolve_device
+from .devices import cpu_fallback, placed_on, resolve_device
 from .errors import AlignmentError, CheckpointError
 from .layers import model_view
 from .models import count_parameters
@@ -298,6 +298,7 @@ def _timed(timings: dict[str, float], stage: str):
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
+@cpu_fallback
 @sized_by(lambda args: work_of([args["model_a"], args["model_b"]],
                               args["config"].probe.size or default_probe_size(args["config"].probe.dataset)))
 def run_fusion(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, config: FusionConfig = FusionConfig(),

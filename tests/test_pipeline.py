@@ -243,3 +243,37 @@ def test_a_finetune_stopped_midway_keeps_the_fused_model_from_before_it(mlp_pair
     assert result.fused_finetuned is None and result.accuracy["fused_finetuned"] is None
     for key, value in result.fused.model.state_dict().items():
         assert torch.equal(value, before[key])
+
+
+def test_a_gpu_out_of_memory_reruns_on_the_cpu_with_a_warning(mlp_pair, digits, monkeypatch):
+    """The first fusion attempt runs out of GPU memory (simulated: no GPU here); the run is repeated on the
+    CPU, says so, and gives what a CPU run gives."""
+    from clafusion_core import pipeline
+    from clafusion_core.devices import GPU_OUT_OF_MEMORY
+
+    original, calls = pipeline.fuse_balanced, []
+
+    def out_of_memory_once(*args, **kwargs):
+        calls.append(args[-1])
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fuse_balanced", out_of_memory_once)
+    with pytest.warns(RuntimeWarning, match="ran out of memory"):
+        result = run_fusion(*mlp_pair, digits, FusionConfig.from_flat(device="auto"))
+    assert len(calls) == 2 and result.config.device == "cpu"
+    assert GPU_OUT_OF_MEMORY in result.to_json()["warnings"]
+    monkeypatch.setattr(pipeline, "fuse_balanced", original)
+    assert result.accuracy == run_fusion(*mlp_pair, digits, FusionConfig.from_flat(device="cpu")).accuracy
+
+
+def test_out_of_memory_on_the_cpu_is_not_retried(mlp_pair, digits, monkeypatch):
+    from clafusion_core import pipeline
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("out of memory")
+
+    monkeypatch.setattr(pipeline, "fuse_balanced", out_of_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        run_fusion(*mlp_pair, digits, FusionConfig.from_flat(device="cpu"))
