@@ -120,15 +120,30 @@ def _feeding(reducers: list[_Reducer]):
     return hook
 
 
-def _per_sample_shapes(view: nn.Module, sample: torch.Tensor, modules: set[str]) -> dict[str, torch.Size]:
-    """The output shape of each module for one sample (one forward pass of one input)."""
+class _Enough(Exception):
+    """Raised by the hook of the last recorded module: the rest of the forward pass is not needed."""
+
+
+def _stop(_module, _inputs, _output):
+    raise _Enough
+
+
+def _per_sample_shapes(view: nn.Module, sample: torch.Tensor, modules: set[str]) -> tuple[dict[str, torch.Size], list[str]]:
+    """The output shape of each module for one sample (one forward pass of one input), and the order in
+    which the modules ran (a module that runs twice, e.g. a shared ReLU, appears twice)."""
     shapes: dict[str, torch.Size] = {}
-    handles = [view.get_submodule(name).register_forward_hook(
-        lambda _m, _i, out, name=name: shapes.__setitem__(name, out.shape[1:])) for name in modules]
+    order: list[str] = []
+
+    def seen(name, out):
+        shapes[name] = out.shape[1:]
+        order.append(name)
+
+    handles = [view.get_submodule(name).register_forward_hook(lambda _m, _i, out, name=name: seen(name, out))
+               for name in modules]
     view(sample)
     for handle in handles:
         handle.remove()
-    return shapes
+    return shapes, order
 
 
 def _rows_per_sample(shape: torch.Size) -> int:
@@ -142,11 +157,13 @@ def record(model: nn.Module, inputs: torch.Tensor, readings: Sequence[Reading], 
 
     The hooks go on a :func:`private_view` of the model, so concurrent calls on one shared model (two
     app sessions) each see only their own outputs, and the model itself is never changed. Chunks hold
-    at most ``batch_size`` inputs and :data:`CHUNK_VALUES` recorded values.
+    at most ``batch_size`` inputs and :data:`CHUNK_VALUES` recorded values. When every recorded module
+    runs once per forward pass, each chunk's pass stops after the last of them (repair reads one layer
+    at a time: the layers above it are never run).
     """
     view = private_view(model).eval()
     modules = {r.module for r in readings}
-    shapes = _per_sample_shapes(view, inputs[:1], modules)
+    shapes, order = _per_sample_shapes(view, inputs[:1], modules)
     strides, offsets, totals = {}, {}, {}
     for reading in readings:   # each capped group's total rows, then every reading's offset within it
         if reading.cap_group is not None:
@@ -159,10 +176,15 @@ def record(model: nn.Module, inputs: torch.Tensor, readings: Sequence[Reading], 
     reducers = {r: _Reducer(r, strides.get(r, 1), offsets.get(r, 0)) for r in dict.fromkeys(readings)}
     for name in modules:
         view.get_submodule(name).register_forward_hook(_feeding([d for r, d in reducers.items() if r.module == name]))
+    if len(order) == len(modules):
+        view.get_submodule(order[-1]).register_forward_hook(_stop)
     per_sample = sum(shapes[name].numel() for name in modules)
     chunk = max(1, min(batch_size, CHUNK_VALUES // max(per_sample, 1)))
     for start in range(0, len(inputs), chunk):
-        view(inputs[start:start + chunk])
+        try:
+            view(inputs[start:start + chunk])
+        except _Enough:
+            pass
     return {reading: reducer.result() for reading, reducer in reducers.items()}
 
 

@@ -66,3 +66,40 @@ def test_no_chunk_holds_more_than_the_budget(monkeypatch):
     record(model, X, [Reading("features.0", "positions")])
     assert seen[0] == 1   # the one-sample shape pass
     assert max(seen[1:]) == 10 and sum(seen[1:]) == len(X)
+
+
+def test_a_pass_stops_after_the_last_recorded_module_and_records_what_a_full_pass_does():
+    model = random_model("vgg:8-M-16-M-24/20", input_shape=(3, 8, 8), seed=4)
+    ran = []
+    model.get_submodule("head").register_forward_hook(lambda *_: ran.append("head"))
+    early = record_outputs(model, X, {"features.0.conv"})
+    assert ran == ["head"]   # only the one-sample shape pass reached the head
+    full = model.get_submodule("features.0.conv")
+    maps = []
+    handle = full.register_forward_hook(lambda _m, _i, out: maps.append(out))
+    model(X)
+    handle.remove()
+    torch.testing.assert_close(early["features.0.conv"], maps[0])
+
+
+class _TwiceReLU(torch.nn.Module):
+    """Calls its one ReLU twice per forward pass, as torchvision's BasicBlock does."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.relu, self.second, self.head = (torch.nn.Linear(4, 4), torch.nn.ReLU(),
+                                                          torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+
+    def forward(self, x):
+        return self.head(self.relu(self.second(self.relu(self.first(x)))))
+
+
+def test_a_module_run_twice_per_pass_is_recorded_on_the_full_pass():
+    """No early stop after its first call: both outputs are kept, as without streaming."""
+    model = _TwiceReLU()
+    inputs = torch.randn(5, 4)
+    out = record_outputs(model, inputs, {"relu"})["relu"]
+    first = torch.relu(model.first(inputs))
+    assert out.shape == (10, 4)
+    torch.testing.assert_close(out[:5], first)
+    torch.testing.assert_close(out[5:], torch.relu(model.second(first)))
