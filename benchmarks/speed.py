@@ -119,14 +119,14 @@ def stage_timings(label: str, model_a, model_b, splits, repeats: int, finetune_e
     flat_a, flat_b = _flat(acts_a), _flat(acts_b)
     cost_times = {m: common.timeit(lambda m=m: cost_matrix(flat_a, flat_b, m), repeats, sync=sync) for m in METRICS}
     alignment = compute_alignment(acts_a, acts_b, model_a, config)
-    pins, _ = stage_pins(model_a.spec.family, [len(s) for s in acts_b], config)
+    pins, _ = stage_pins(model_a.family, [len(s) for s in acts_b], config)
 
     def dp():
         return [align_layers(c, pin_first=p0, pin_last=p1) for c, (p0, p1) in zip(alignment.costs, pins)]
 
     t["dp"] = common.timeit(dp, max(repeats, 5))
     t["balancing_add"] = common.timeit(lambda: balance(model_a, model_b, alignment.mappings, "add", probe), repeats)
-    if model_a.spec.family == "mlp":
+    if model_a.family.merge_balancing:
         t["balancing_merge"] = common.timeit(
             lambda: balance(model_a, model_b, alignment.mappings, "merge", probe), repeats)
     balanced = balance(model_a, model_b, alignment.mappings, "add", probe)
