@@ -21,7 +21,8 @@ def test_every_arch_builds_and_runs(spec, shape):
     assert out.shape == (2, 7)
     assert torch.isfinite(out).all()
     view = model_view(model)
-    assert [len(s) for s in view.stages] == model.family.stage_depths(model.spec)
+    depths, widths = [len(s) for s in view.stages], [[u.width for u in s] for s in view.stages]
+    assert model.family.with_stage_depths(model.spec, depths, widths) == model.spec   # the view is the spec's
     assert view.layers[-1].out_group is None  # the logits layer is never permuted
 
 

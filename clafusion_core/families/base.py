@@ -175,10 +175,6 @@ class Family:
         """The spec from its parts, every width scaled by the multiplier; a malformed spec is an ArchError."""
         raise NotImplementedError
 
-    def stage_depths(self, spec: ArchSpec) -> list[int]:
-        """Number of alignable units per stage."""
-        raise NotImplementedError
-
     def with_stage_depths(self, spec: ArchSpec, depths: list[int], unit_widths: list[list[int]]) -> ArchSpec:
         """The spec with each stage holding ``depths[s]`` units of the given widths (used by balancing)."""
         raise NotImplementedError

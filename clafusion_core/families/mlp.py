@@ -36,9 +36,6 @@ class MLPFamily(Family):
             raise ArchError(f"'{quote(parts.text)}' needs hidden widths, e.g. mlp:400-200-100.")
         return ArchSpec("mlp", tuple(parts.scale(w) for w in parts.ints(parts.tokens)), bias="nobias" not in parts.flags)
 
-    def stage_depths(self, spec: ArchSpec) -> list[int]:
-        return [len(spec.layers)]
-
     def with_stage_depths(self, spec: ArchSpec, depths: list[int], unit_widths: list[list[int]]) -> ArchSpec:
         return replace(spec, layers=tuple(unit_widths[0]))
 

@@ -58,9 +58,6 @@ class ResNetFamily(Family):
         return ArchSpec("resnet", tuple(blocks), widths=tuple(parts.scale(w) for w in widths),
                         tvstem="tvstem" in parts.flags)
 
-    def stage_depths(self, spec: ArchSpec) -> list[int]:
-        return list(spec.layers)
-
     def with_stage_depths(self, spec: ArchSpec, depths: list[int], unit_widths: list[list[int]]) -> ArchSpec:
         return replace(spec, layers=tuple(depths))
 

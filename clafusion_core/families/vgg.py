@@ -56,9 +56,6 @@ class VGGFamily(Family):
         classifier = TV_CLASSIFIER if tvhead else (parts.ints(parts.tail) if parts.tail else ())
         return ArchSpec("vgg", cfg, classifier=classifier, bn="bn" in parts.flags, tvhead=tvhead)
 
-    def stage_depths(self, spec: ArchSpec) -> list[int]:
-        return [len(s) for s in vgg_stages(spec.layers)] + [len(spec.classifier)]
-
     def with_stage_depths(self, spec: ArchSpec, depths: list[int], unit_widths: list[list[int]]) -> ArchSpec:
         cfg: list = []
         for stage, widths in enumerate(unit_widths[:-1]):
