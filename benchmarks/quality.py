@@ -34,18 +34,16 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # a sibling module: the benchmarks share it
+import numpy as np
 
-import common  # noqa: E402  (a sibling module: the benchmarks share it)
-import numpy as np  # noqa: E402
-
-from clafusion_core.baselines import vanilla_average  # noqa: E402
-from clafusion_core.data import load_dataset  # noqa: E402
-from clafusion_core.families import Family  # noqa: E402
-from clafusion_core.config import FinetuneConfig  # noqa: E402
-from clafusion_core.pipeline import FusionConfig, finetune_result, finetune_teacher, run_fusion  # noqa: E402
-from clafusion_core.similarity import METRICS  # noqa: E402
-from clafusion_core.train import evaluate, finetune  # noqa: E402
+from clafusion_core.baselines import vanilla_average
+from clafusion_core.data import load_dataset
+from clafusion_core.families import Family
+from clafusion_core.config import FinetuneConfig
+from clafusion_core.pipeline import FusionConfig, finetune_result, finetune_teacher, run_fusion
+from clafusion_core.similarity import METRICS
+from clafusion_core.train import evaluate, finetune
 
 DATASET_SETUPS = {
     "digits": ["mlp-same", "mlp-depth", "mlp-demo", "cnn", "resnet"],
