@@ -286,7 +286,7 @@ def infer_arch(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, str]
 
 
 def _dispatch(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
-    """Ask each family in turn whether the keys are in one of its layouts."""
+    """Ask the families in turn whether the keys are in one of their layouts."""
     for candidate in FAMILIES.values():
         found = candidate.infer(shapes)
         if found is not None:
