@@ -12,7 +12,8 @@ align-once split saves on a sweep of the fusion weight s.
   default config: ``rerun`` calls the OT method's ``fuse`` per s (ground activations, transport plans,
   average), ``split`` aligns once (``OTFusion.align``) and takes :func:`~clafusion_core.otfusion.weighted_average`
   per s. Both give the same models (the largest parameter difference is reported). Medians over the
-  repeats, in seconds, on one torch thread by default; the load average is recorded at the start and end.
+  repeats, taken in turn, in seconds, on one torch thread by default; the load average is recorded at
+  the start and end.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import common  # a sibling module: the benchmarks share it
@@ -95,6 +99,21 @@ def _largest_difference(models_a, models_b) -> float:
                for key, value in b.state_dict().items() if value.is_floating_point() and value.numel())
 
 
+def round_robin(runs: dict[str, Callable[[], object]], repeats: int, warmup: bool) -> dict[str, float]:
+    """Median seconds of each run, the runs taken in turn, so that the load of a shared machine, which
+    changes by the minute, falls on all of them alike."""
+    if warmup:
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def sweep(key: str, points: int, repeats: int) -> dict:
     """Time ``points`` values of s fused by re-running OT per value, and by one alignment and one average per value."""
     pair = DEMO_PAIRS[key]
@@ -115,12 +134,10 @@ def sweep(key: str, points: int, repeats: int) -> dict:
         return [weighted_average(aligned, [1 - s, s], weights[s]) for s in values]
 
     aligned, _, _ = method.align(parents, 1, batch, options)
-    warmup = 1 if repeats > 1 else 0
-    times = {"rerun_s": common.timeit(rerun, repeats, warmup, max_seconds=600),
-             "split_s": common.timeit(split, repeats, warmup, max_seconds=600),
-             "align_once_s": common.timeit(lambda: method.align(parents, 1, batch, options), repeats, warmup),
-             "average_one_s": common.timeit(lambda: weighted_average(aligned, [0.5, 0.5], weights[0.5]), repeats,
-                                            warmup)}
+    times = round_robin({"rerun_s": rerun, "split_s": split,
+                         "align_once_s": lambda: method.align(parents, 1, batch, options),
+                         "average_one_s": lambda: weighted_average(aligned, [0.5, 0.5], weights[0.5])},
+                        repeats, warmup=repeats > 1)
     return {"pair": key, "arch_a": str(parents[0].spec), "arch_b": str(parents[1].spec), "s_values": values,
             "inserted_layers": len(balanced.inserted), **times, "speedup": times["rerun_s"] / times["split_s"],
             "largest_parameter_difference": _largest_difference(rerun(), split())}
@@ -135,7 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--after", default="HEAD", help="commit after it (default HEAD)")
     parser.add_argument("--pairs", default="mlp,resnet", help="demo pairs of the sweep (default mlp,resnet)")
     parser.add_argument("--points", type=int, default=11, help="values of s (default 11)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each sweep (default 3)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs of each sweep, taken in turn (default 7)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", default=str(common.DEFAULT_OUT), help="folder for the JSON results")
     args = parser.parse_args(argv)
