@@ -17,7 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-import common  # noqa: F401  (a sibling module: the benchmarks share it)
+import common  # a sibling module: the benchmarks share it
 
 from clafusion_core.barrier import barrier_curves
 from clafusion_core.compare import comparison_records, compare_methods, markdown_table, metric_downstream, \

@@ -28,15 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # a sibling module: the benchmarks share it
+import numpy as np
 
-import common  # noqa: E402  (a sibling module: the benchmarks share it)
-import numpy as np  # noqa: E402
-
-from clafusion_core.checkpoints import save_checkpoint  # noqa: E402
-from clafusion_core.data import load_dataset  # noqa: E402
-from clafusion_core.pipeline import FusionConfig, run_fusion  # noqa: E402
-from clafusion_core.zoo import load_demo_pair  # noqa: E402
+from clafusion_core.checkpoints import save_checkpoint
+from clafusion_core.data import load_dataset
+from clafusion_core.pipeline import FusionConfig, run_fusion
+from clafusion_core.zoo import load_demo_pair
 
 ROWS = ("1 process, 1 thread", "1 process, auto threads", "2 processes (torchrun), 1 thread each")
 

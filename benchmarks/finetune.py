@@ -24,15 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # a sibling module: the benchmarks share it
+import numpy as np
 
-import common  # noqa: E402  (a sibling module: the benchmarks share it)
-import numpy as np  # noqa: E402
-
-from clafusion_core.data import load_dataset  # noqa: E402
-from clafusion_core.config import FinetuneConfig  # noqa: E402
-from clafusion_core.pipeline import FusionConfig, finetune_result, run_fusion  # noqa: E402
-from clafusion_core.zoo import load_demo_pair  # noqa: E402
+from clafusion_core.data import load_dataset
+from clafusion_core.config import FinetuneConfig
+from clafusion_core.pipeline import FusionConfig, finetune_result, run_fusion
+from clafusion_core.zoo import load_demo_pair
 
 
 def pairs_for(dataset: str, pair_seeds: list[int], data_root: str | None) -> list[tuple[str, tuple]]:

@@ -17,22 +17,19 @@ as OT's does. Everything is scored on the test split; nothing is tuned on it. Fu
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # a sibling module: the benchmarks share it
 
-import common  # noqa: E402  (a sibling module: the benchmarks share it)
-
-from clafusion_core.balancing import balance  # noqa: E402
-from clafusion_core.data import load_dataset  # noqa: E402
-from clafusion_core.interpolation import InterpOptions, fusion_batch, interpolation_fuse  # noqa: E402
-from clafusion_core.pipeline import (FusionConfig, compute_activations, compute_alignment, order_pair,  # noqa: E402
+from clafusion_core.balancing import balance
+from clafusion_core.data import load_dataset
+from clafusion_core.interpolation import InterpOptions, fusion_batch, interpolation_fuse
+from clafusion_core.pipeline import (FusionConfig, compute_activations, compute_alignment, order_pair,
                                      probe_inputs, run_fusion)
-from clafusion_core.train import evaluate  # noqa: E402
-from clafusion_core.zoo import load_demo_pair  # noqa: E402
+from clafusion_core.train import evaluate
+from clafusion_core.zoo import load_demo_pair
 
 INTERP_ROWS = [("kmeans", "uniform"), ("kmeans", "conductance"), ("hungarian", "uniform"), ("hungarian", "conductance")]
 OT_ROWS = {"OT (activations) + repair": {}, "OT (weights) + repair": {"ground_metric": "weights"}}

@@ -34,17 +34,16 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # a sibling module: the benchmarks share it
+import numpy as np
 
-import common  # noqa: E402  (a sibling module: the benchmarks share it)
-import numpy as np  # noqa: E402
-
-from clafusion_core.baselines import vanilla_average  # noqa: E402
-from clafusion_core.data import load_dataset  # noqa: E402
-from clafusion_core.config import FinetuneConfig  # noqa: E402
-from clafusion_core.pipeline import FusionConfig, finetune_result, finetune_teacher, run_fusion  # noqa: E402
-from clafusion_core.similarity import METRICS  # noqa: E402
-from clafusion_core.train import evaluate, finetune  # noqa: E402
+from clafusion_core.baselines import vanilla_average
+from clafusion_core.data import load_dataset
+from clafusion_core.families import Family
+from clafusion_core.config import FinetuneConfig
+from clafusion_core.pipeline import FusionConfig, finetune_result, finetune_teacher, run_fusion
+from clafusion_core.similarity import METRICS
+from clafusion_core.train import evaluate, finetune
 
 DATASET_SETUPS = {
     "digits": ["mlp-same", "mlp-depth", "mlp-demo", "cnn", "resnet"],
@@ -63,7 +62,7 @@ INTERP_ROW = dict(name="neuron interpolation (K-means, uniform)", config=dict(me
                   group="method")
 
 
-def variants(setup: str, family: str, quick: bool) -> list[dict]:
+def variants(setup: str, family: Family, quick: bool) -> list[dict]:
     """The fusions of a setup: name, FusionConfig overrides, whether it is finetuned, and its group.
 
     ``default`` marks the row with the pipeline's default options (used to choose the finetune rate)."""
@@ -78,7 +77,7 @@ def variants(setup: str, family: str, quick: bool) -> list[dict]:
                          config=dict(ground_metric="activations", repair=True, input_scaling="sum"), finetune=False,
                          group="ablation"))
         return rows + ([] if quick else [INTERP_ROW])
-    balances = ["add", "merge"] if family == "mlp" else ["add"]
+    balances = ["add", "merge"] if family.merge_balancing else ["add"]
     metrics = ("linear_cka", "width", "wasserstein") if quick else METRICS
     rows = [dict(name=f"CLAFusion {metric}, {bal}", config=dict(cost=metric, balance=bal), finetune=True,
                  group="clafusion", metric=metric, balance=bal, default=(metric, bal) == ("linear_cka", "add"))
@@ -99,7 +98,7 @@ def variants(setup: str, family: str, quick: bool) -> list[dict]:
     ]
     if not quick:
         rows.append({**INTERP_ROW, "name": "CLAFusion linear_cka, add, neuron interpolation"})
-    if family != "mlp":
+    if family.is_conv:
         rows.append(dict(name="CLAFusion linear_cka, add, ground metric on channel means",
                          config=dict(cost="linear_cka", ground_conv_features="pool"), finetune=False, group="ablation"))
     return rows
@@ -113,7 +112,7 @@ def choose_finetune_lr(dataset: str, setup: str, seed: int, splits, args) -> dic
     the best mean (best-epoch) validation accuracy of the three is used for every row and seed.
     """
     model_a, model_b = common.setup_models(setup, dataset, seed, args.data_root)
-    row = next(r for r in variants(setup, model_a.spec.family, args.quick) if r.get("default"))
+    row = next(r for r in variants(setup, model_a.family, args.quick) if r.get("default"))
     config = FusionConfig.from_flat(dataset=dataset, data_root=args.data_root, seed=seed, device="cpu", **row["config"])
     fused = run_fusion(model_a, model_b, splits, config).fused.model
     teacher = finetune_teacher(model_a, model_b, splits, config)
@@ -135,7 +134,7 @@ def run_setup(dataset: str, setup: str, seed: int, splits, args, finetune_lr: fl
     started = time.perf_counter()
     model_a, model_b = common.setup_models(setup, dataset, seed, args.data_root)
     trained_s = time.perf_counter() - started
-    family = model_a.spec.family
+    family = model_a.family
     base = FusionConfig.from_flat(dataset=dataset, data_root=args.data_root, seed=seed, device="cpu",
                         finetune_epochs=0, finetune_lr=finetune_lr)
     out = {"seed": seed, "seed_a": seed, "seed_b": seed + 100, "arch_a": str(model_a.spec),

@@ -31,12 +31,12 @@ import time
 import zipfile
 from pathlib import Path
 
-import common  # noqa: F401 - a sibling module: the benchmarks share it
+import common  # a sibling module: the benchmarks share it
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from clafusion_core.errors import FusionError  # noqa: E402
+from clafusion_core.errors import FusionError
 
 BOMB_ELEMENTS = 2**28       # 1 GiB of float32 zeros
 STRIDE_SIDE = 20_000

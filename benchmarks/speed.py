@@ -36,27 +36,25 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # a sibling module: the benchmarks share it
+import numpy as np
+import torch
 
-import common  # noqa: E402  (a sibling module: the benchmarks share it)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from clafusion_core.alignment import align_layers  # noqa: E402
-from clafusion_core.balancing import balance  # noqa: E402
-from clafusion_core.baselines import ensemble_accuracy  # noqa: E402
-from clafusion_core.data import load_dataset  # noqa: E402
-from clafusion_core.models import build_model  # noqa: E402
-from clafusion_core.methods import METHODS, FusionBatch  # noqa: E402
-from clafusion_core.otfusion import OTOptions, fuse_models, ground_activations, transport_plan  # noqa: E402
-from clafusion_core.pipeline import (FusionConfig, compute_activations, compute_alignment,  # noqa: E402
+from clafusion_core.alignment import align_layers
+from clafusion_core.balancing import balance
+from clafusion_core.baselines import ensemble_accuracy
+from clafusion_core.data import load_dataset
+from clafusion_core.models import build_model
+from clafusion_core.methods import METHODS, FusionBatch
+from clafusion_core.otfusion import OTOptions, fuse_models, ground_activations, transport_plan
+from clafusion_core.pipeline import (FusionConfig, compute_activations, compute_alignment,
                                      finetune_teacher, fuse_balanced, probe_inputs, run_fusion, stage_pins)
-from clafusion_core.repair import repair_statistics, with_biases  # noqa: E402
-from clafusion_core.layers import model_view  # noqa: E402
-from clafusion_core.similarity import METRICS, cost_matrix  # noqa: E402
-from clafusion_core.threads import TORCH_THREADS_AT_IMPORT, forward_macs  # noqa: E402
-from clafusion_core.train import TrainConfig, evaluate, finetune, reset_batchnorm  # noqa: E402
-from clafusion_core.zoo import DEMO_PAIRS, load_demo_pair  # noqa: E402
+from clafusion_core.repair import repair_statistics, with_biases
+from clafusion_core.layers import model_view
+from clafusion_core.similarity import METRICS, cost_matrix
+from clafusion_core.threads import TORCH_THREADS_AT_IMPORT, forward_macs
+from clafusion_core.train import TrainConfig, evaluate, finetune, reset_batchnorm
+from clafusion_core.zoo import DEMO_PAIRS, load_demo_pair
 
 # Theoretical growth exponents (time ∝ size^k) of each scaling curve.
 THEORY = {
@@ -119,14 +117,14 @@ def stage_timings(label: str, model_a, model_b, splits, repeats: int, finetune_e
     flat_a, flat_b = _flat(acts_a), _flat(acts_b)
     cost_times = {m: common.timeit(lambda m=m: cost_matrix(flat_a, flat_b, m), repeats, sync=sync) for m in METRICS}
     alignment = compute_alignment(acts_a, acts_b, model_a, config)
-    pins, _ = stage_pins(model_a.spec.family, [len(s) for s in acts_b], config)
+    pins, _ = stage_pins(model_a.family, [len(s) for s in acts_b], config)
 
     def dp():
         return [align_layers(c, pin_first=p0, pin_last=p1) for c, (p0, p1) in zip(alignment.costs, pins)]
 
     t["dp"] = common.timeit(dp, max(repeats, 5))
     t["balancing_add"] = common.timeit(lambda: balance(model_a, model_b, alignment.mappings, "add", probe), repeats)
-    if model_a.spec.family == "mlp":
+    if model_a.family.merge_balancing:
         t["balancing_merge"] = common.timeit(
             lambda: balance(model_a, model_b, alignment.mappings, "merge", probe), repeats)
     balanced = balance(model_a, model_b, alignment.mappings, "add", probe)

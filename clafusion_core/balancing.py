@@ -8,11 +8,12 @@ has a unit the alignment left unmatched. After a ReLU every input is non-negativ
     BN:      weight 1, bias 0, running_mean 0, running_var 1 − eps  ⇒  BN(x) = x (eval mode)
     Block:   torchvision's ``zero_init_residual`` idiom: last BN weight = bias = 0 ⇒ relu(x + 0) = x
 
-and the balanced B computes exactly what B computed. The one inexact case is an identity unit placed
+and the balanced B computes exactly what B computed (each family makes its units so:
+``Family.set_identity`` in :mod:`clafusion_core.families`). The one inexact case is an identity unit placed
 before the model's first unit (only possible when the first layer is not pinned), whose input is the raw,
 possibly negative, data; the result says so.
 
-``merge`` (MLPs) makes A as shallow as B instead: each unmatched hidden layer ℓ is removed and folded
+``merge`` (MLPs: ``Family.merge_balancing``) makes A as shallow as B instead: each unmatched hidden layer ℓ is removed and folded
 into the next kept layer through its average ReLU gate D = diag(P[z_ℓ > 0]) measured on the probe
 batch:  W_next ← W_next · D · W_ℓ,  b_next ← W_next · D · b_ℓ + b_next.  This is lossy; the pipeline
 reports the accuracy it costs.
@@ -44,35 +45,6 @@ class Balanced:
     removed: list[tuple[int, int]] = field(default_factory=list)   # (stage, position) units of A merged away
     exact: bool = True
     notes: list[str] = field(default_factory=list)
-
-
-@torch.no_grad()
-def _set_identity(unit: nn.Module) -> None:
-    """Turn a freshly built unit into the identity on non-negative inputs (see module docstring)."""
-    if isinstance(unit, nn.Linear):
-        nn.init.eye_(unit.weight)
-        if unit.bias is not None:
-            unit.bias.zero_()
-        return
-    for module in unit.modules():
-        if isinstance(module, nn.Linear):
-            _set_identity(module)
-        elif isinstance(module, nn.Conv2d):
-            module.weight.zero_()
-            centre_h, centre_w = module.kernel_size[0] // 2, module.kernel_size[1] // 2
-            channels = torch.arange(min(module.in_channels, module.out_channels))
-            module.weight[channels, channels, centre_h, centre_w] = 1.0
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.BatchNorm2d):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-            module.running_mean.zero_()
-            module.running_var.fill_(1.0 - module.eps)
-    last_bn = getattr(unit, "bn2", None)  # a residual block: silence its branch
-    if last_bn is not None:
-        last_bn.weight.zero_()
-        last_bn.bias.zero_()
 
 
 def _copy_state(source: nn.Module, target: nn.Module, rename: dict[str, str]) -> None:
@@ -113,8 +85,7 @@ def add_identity_units(model_b: nn.Module, mappings: list[list[int]], depths_a: 
                 identity_positions.append((stage, position))
                 if width is None:
                     exact = False
-                    width = model_b.input_shape[0] if model_b.spec.family != "mlp" else \
-                        int(torch.tensor(model_b.input_shape).prod())
+                    width = model_b.family.input_width(model_b.input_shape)
             widths.append(width)
         unit_widths.append(widths)
     new_spec = with_stage_depths(model_b.spec, depths_a, unit_widths)
@@ -125,7 +96,7 @@ def add_identity_units(model_b: nn.Module, mappings: list[list[int]], depths_a: 
             rename[unit.name] = new_view.stages[stage][position].name
     _copy_state(model_b, balanced, rename)  # layers outside units (head, stem) keep their names
     for stage, position in identity_positions:
-        _set_identity(balanced.get_submodule(new_view.stages[stage][position].name))
+        balanced.family.set_identity(balanced.get_submodule(new_view.stages[stage][position].name))
     notes = []
     if not exact:
         notes.append("An identity layer was inserted before the first layer, where inputs can be negative, "
@@ -136,7 +107,7 @@ def add_identity_units(model_b: nn.Module, mappings: list[list[int]], depths_a: 
 @torch.no_grad()
 def merge_units(model_a: nn.Module, mapping: list[int], probe: torch.Tensor) -> Balanced:
     """Make an MLP A as shallow as its partner by folding each unmatched hidden layer into the next."""
-    if model_a.spec.family != "mlp":
+    if not model_a.family.merge_balancing:
         raise AlignmentError("Merge balancing supports MLPs only; choose 'add' balancing for CNNs and ResNets.")
     view = model_view(model_a)
     depth = len(view.stages[0])

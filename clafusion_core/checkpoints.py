@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import pickle
 import re
@@ -25,11 +24,12 @@ from dataclasses import dataclass, field
 import safetensors.torch
 import torch
 from torch import nn
-from torchvision.models.vgg import cfgs as TORCHVISION_VGG_CFGS
 
 from . import torchfile
 from .errors import ArchError, CheckpointError
-from .models import TV_CLASSIFIER, VGG_NAMES, ArchSpec, build_model, parse_arch, vgg_stages
+from .families import FAMILIES, Family, get_family
+from .families.keys import unknown_layout
+from .models import ArchSpec, build_model, parse_arch
 from .torchfile import is_dense, pickled_objects, unreadable
 from .validation import MAX_FILE_BYTES, MAX_HEADER_BYTES, MAX_TENSORS, quote, read_regular_file
 
@@ -37,8 +37,6 @@ MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 FORMAT = "clafusion-explorer/1"
 WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
 RESERVED_METADATA = ("format", "arch", "dataset", "num_classes", "input_shape")
-TV_HEAD_POOL = 7 * 7
-MAX_LAYER_INDEX = 10_000   # the largest layer index a key may carry (``features.N.weight``, ``fc{N}``, ...)
 
 
 @dataclass
@@ -66,8 +64,9 @@ def _metadata(model: nn.Module, dataset: str, extra: dict[str, str] | None) -> d
     if clash:
         raise ValueError(f"extra metadata may not override the reserved keys {clash}")
     meta = {k: str(v) for k, v in (extra or {}).items()}
-    meta.update(format=FORMAT, arch=str(model.spec), dataset=str(dataset), num_classes=str(int(model.num_classes)),
-                input_shape=",".join(str(int(v)) for v in model.input_shape))
+    info = model.info
+    meta.update(format=FORMAT, arch=str(info.spec), dataset=str(dataset), num_classes=str(info.num_classes),
+                input_shape=",".join(str(v) for v in info.input_shape))
     return meta
 
 
@@ -269,182 +268,6 @@ def _checked_tensors(state_dict: dict, name: str) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------------- arch inference
 
-def _unknown_layout(detail: str = "") -> ArchError:
-    return ArchError("The checkpoint is in a layout we cannot tell the architecture from (its keys" + detail +
-                     " match no supported model); pass --arch (or choose the architecture in the app), "
-                     "e.g. --arch resnet18 or mlp:400-200-100.")
-
-
-def _indexed(keys: list[str], pattern: str) -> list[int]:
-    """Sorted distinct integers captured by ``pattern``'s first group over ``keys`` (ASCII digits).
-
-    An index over :data:`MAX_LAYER_INDEX` is refused: a layout is rebuilt from its indices (pools
-    between VGG convs, say), so ``features.100000000.weight`` would otherwise cost a 10⁸-entry list.
-    """
-    regex = re.compile(pattern.replace(r"\d", "[0-9]"))
-    found = sorted({int(m.group(1)) for k in keys if (m := regex.fullmatch(k))})
-    if found and found[-1] > MAX_LAYER_INDEX:
-        raise _unknown_layout(f", one with the layer index {found[-1]:,} (over {MAX_LAYER_INDEX:,}),")
-    return found
-
-
-def _prefix_renames(keys: list[str], prefixes: dict[str, str]) -> dict[str, str]:
-    """Key renames that replace each old module prefix (``"fc1."``) by a new one (``"hidden.0."``).
-
-    Every prefix is a whole module path, so each key is looked up by its own module path: linear in
-    the number of keys, whatever the number of prefixes.
-    """
-    renames = {}
-    for key in keys:
-        module = key.rpartition(".")[0] + "."
-        new = prefixes.get(module)
-        if new is not None and new != module:
-            renames[key] = new + key[len(module):]
-    return renames
-
-
-def _linear_chain(shapes: dict[str, torch.Size], names: list[str]) -> tuple[tuple[int, ...], bool]:
-    """Hidden widths and bias flag of Linear layers ``names`` (last = head) chained in that order."""
-    if any(len(shapes.get(f"{n}.weight", ())) != 2 for n in names):
-        raise _unknown_layout(f", where one of {', '.join(names)} is missing or not a Linear weight,")
-    for prev, nxt in zip(names, names[1:]):
-        if shapes[f"{nxt}.weight"][1] != shapes[f"{prev}.weight"][0]:
-            raise _unknown_layout(f", where {nxt} does not take {prev}'s {shapes[f'{prev}.weight'][0]} outputs,")
-    widths = tuple(int(shapes[f"{n}.weight"][0]) for n in names[:-1])
-    return widths, f"{names[-1]}.bias" in shapes
-
-
-def _mlp(shapes: dict[str, torch.Size], names: list[str]) -> tuple[str, dict[str, str]]:
-    """Our MLP spec and the renames from Linear layers ``names`` (last = head) to our layout."""
-    if len(names) < 2:
-        raise _unknown_layout(", with fewer than two Linear layers,")
-    widths, bias = _linear_chain(shapes, names)
-    ours = {f"{n}.": f"hidden.{i}." for i, n in enumerate(names[:-1])} | {f"{names[-1]}.": "head."}
-    return str(ArchSpec("mlp", widths, bias=bias)), _prefix_renames(list(shapes), ours)
-
-
-def _infer_our_mlp(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
-    hidden = _indexed(list(shapes), r"hidden\.(\d+)\.weight")
-    return _mlp(shapes, [f"hidden.{i}" for i in hidden] + ["head"])
-
-
-def _infer_sequential_mlp(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
-    """``nn.Sequential(Linear, ReLU, Linear, ...)``, possibly after a leading ``nn.Flatten`` (index 0).
-
-    Index gaps hold the parameter-free layers; they are assumed to be ReLUs, so two Linears with
-    adjacent indices (no activation between them) are refused.
-    """
-    indices = _indexed(list(shapes), r"(\d+)\.weight")
-    if any(b - a < 2 for a, b in zip(indices, indices[1:])):
-        raise _unknown_layout(", with two Linear layers in a row without an activation,")
-    return _mlp(shapes, [str(i) for i in indices])
-
-
-def _infer_fc_mlp(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
-    """The reference OTFusion/CLAFusion ``MlpNetBase``: ``fc1``, ``fc2``, ... (usually bias-free)."""
-    numbers = _indexed(list(shapes), r"fc(\d+)\.weight")
-    if numbers != list(range(1, len(numbers) + 1)):
-        raise _unknown_layout(", with fc layers not numbered fc1, fc2, ...,")
-    return _mlp(shapes, [f"fc{i}" for i in numbers])
-
-
-def _infer_resnet(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
-    """torchvision's ResNet keys (ours are identical); the common CIFAR ``shortcut``/``linear`` names map too."""
-    keys = list(shapes)
-    if any(re.fullmatch(r"layer\d+\.\d+\.conv3\.weight", k) for k in keys):
-        raise ArchError("The checkpoint is a Bottleneck ResNet (resnet50 and deeper), but only BasicBlock ResNets "
-                        "are supported; use a resnet18/resnet34-style checkpoint.")
-    stages = _indexed(keys, r"layer(\d+)\.\d+\.conv1\.weight")
-    if stages != [1, 2, 3, 4]:
-        raise ArchError(f"The checkpoint is a ResNet with stages {stages}, but exactly 4 stages of BasicBlocks are "
-                        "supported; use a resnet18/resnet34-style checkpoint.")
-    blocks = tuple(len(_indexed(keys, rf"layer{s}\.(\d+)\.conv1\.weight")) for s in stages)
-    widths = tuple(int(shapes[f"layer{s}.0.conv1.weight"][0]) for s in stages)
-    spec = ArchSpec("resnet", blocks, widths=widths, tvstem=shapes["conv1.weight"][-1] == 7)
-    renames = {k: k.replace(".shortcut.", ".downsample.") for k in keys if ".shortcut." in k}
-    renames |= _prefix_renames(keys, {"linear.": "fc."})
-    return str(spec), renames
-
-
-def _our_vgg_trailing_pool(cfg: list) -> bool:
-    """Whether to assume a final max-pool, which leaves no key in our layout.
-
-    Assumed for cfgs whose stages are those of a named VGG (vgg11...vgg19, any width), since every
-    named cfg ends with a pool; custom cfgs are taken to end without one. Our own exports carry the
-    exact spec in their metadata, so this guess only matters for bare ``torch.save`` state_dicts.
-    """
-    stages = [len(s) for s in vgg_stages(tuple(cfg))]
-    named = [[len(s) for s in vgg_stages(tuple(TORCHVISION_VGG_CFGS[c][:-1]))] for c in VGG_NAMES.values()]
-    return stages in named
-
-
-def _vgg_head(shapes: dict[str, torch.Size], linears: list[str], channels: int) -> tuple[tuple[int, ...], bool]:
-    """Classifier hidden widths and whether it is torchvision's 7×7-pool 4096-4096 head."""
-    widths, _ = _linear_chain(shapes, linears)
-    tvhead = widths == (4096, 4096) and shapes[f"{linears[0]}.weight"][1] == channels * TV_HEAD_POOL
-    return widths, tvhead
-
-
-def _vgg_spec(cfg: list, classifier: tuple[int, ...], bn: bool, tvhead: bool) -> str:
-    head = TV_CLASSIFIER if tvhead else classifier
-    return str(ArchSpec("vgg", tuple(cfg), classifier=head, bn=bn, tvhead=tvhead))
-
-
-def _infer_our_vgg(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
-    keys = list(shapes)
-    convs = _indexed(keys, r"features\.(\d+)\.conv\.weight")
-    cfg: list = ["M"] * convs[0]
-    for prev, idx in zip([None] + convs, convs):
-        cfg += ["M"] * (0 if prev is None else idx - prev - 1) + [int(shapes[f"features.{idx}.conv.weight"][0])]
-    linears = [f"classifier.{i}.linear" for i in _indexed(keys, r"classifier\.(\d+)\.linear\.weight")] + ["head"]
-    classifier, tvhead = _vgg_head(shapes, linears, cfg[-1])
-    if _our_vgg_trailing_pool(cfg):
-        cfg.append("M")
-    bn = any(k.startswith(f"features.{convs[0]}.bn.") for k in keys)
-    return _vgg_spec(cfg, classifier, bn, tvhead), {}
-
-
-def _torchvision_features(shapes: dict[str, torch.Size], convs: list[int], bn: bool) -> tuple[list, dict[str, str]]:
-    """Our cfg and renames from torchvision's ``features`` indices (Conv, [BN], ReLU per conv; MaxPool per M).
-
-    A gap in the indices beyond the conv's own modules is a max-pool. The last pool leaves no key;
-    every torchvision cfg (and the common CIFAR VGGs built from them) ends with one, so it is assumed.
-    """
-    per_conv = 3 if bn else 2
-    cfg: list = ["M"] * convs[0]
-    prefixes: dict[str, str] = {}
-    for prev, idx in zip([None] + convs, convs):
-        pools = 0 if prev is None else idx - prev - per_conv
-        if pools < 0:
-            raise _unknown_layout(f", where features.{prev} and features.{idx} are too close for Conv, BN, ReLU,")
-        cfg += ["M"] * pools
-        ours = len(cfg)
-        cfg.append(int(shapes[f"features.{idx}.weight"][0]))
-        prefixes[f"features.{idx}."] = f"features.{ours}.conv."
-        if bn:
-            prefixes[f"features.{idx + 1}."] = f"features.{ours}.bn."
-    return cfg + ["M"], _prefix_renames(list(shapes), prefixes)
-
-
-def _infer_torchvision_vgg(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
-    """torchvision's ``VGG``/``make_layers`` (and the CIFAR VGGs with a single ``classifier`` Linear)."""
-    keys = list(shapes)
-    convs = [i for i in _indexed(keys, r"features\.(\d+)\.weight") if len(shapes[f"features.{i}.weight"]) == 4]
-    with_bn = [f"features.{i + 1}.running_mean" in shapes for i in convs]
-    if len(set(with_bn)) != 1:
-        raise _unknown_layout(", with BatchNorm after only some convs,")
-    cfg, renames = _torchvision_features(shapes, convs, with_bn[0])
-    if "classifier.weight" in shapes:
-        linears = ["classifier"]
-    else:
-        linears = [f"classifier.{i}" for i in _indexed(keys, r"classifier\.(\d+)\.weight")]
-    if not linears:
-        raise _unknown_layout(", with VGG features but no classifier,")
-    classifier, tvhead = _vgg_head(shapes, linears, cfg[-2])
-    ours = {f"{n}.": f"classifier.{i}.linear." for i, n in enumerate(linears[:-1])} | {f"{linears[-1]}.": "head."}
-    return _vgg_spec(cfg, classifier, with_bn[0], tvhead), renames | _prefix_renames(keys, ours)
-
-
 def infer_arch(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, str]]:
     """The canonical arch spec of a state_dict and the key renames that map it onto our layout.
 
@@ -458,28 +281,18 @@ def infer_arch(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, str]
     try:
         spec, renames = _dispatch({k: v.shape for k, v in stripped.items()})
     except (KeyError, IndexError, ValueError) as exc:  # a layout that starts like a known one, then breaks
-        raise _unknown_layout(f", where {exc} is missing or malformed,") from None
+        raise unknown_layout(f", where {exc} is missing or malformed,") from None
     return spec, {old: renames.get(new, new) for old, new in prefix.items()} if prefix else renames
 
 
 def _dispatch(shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]]:
-    """Pick the layout by its signature key and infer from it."""
+    """Ask the families in turn whether the keys are in one of their layouts."""
+    for candidate in FAMILIES.values():
+        found = candidate.infer(shapes)
+        if found is not None:
+            return found
     keys = list(shapes)
-    if "hidden.0.weight" in shapes and "head.weight" in shapes:
-        spec, renames = _infer_our_mlp(shapes)
-    elif any(re.fullmatch(r"features\.\d+\.conv\.weight", k) for k in keys):
-        spec, renames = _infer_our_vgg(shapes)
-    elif "conv1.weight" in shapes and any(k.startswith("layer1.") for k in keys):
-        spec, renames = _infer_resnet(shapes)
-    elif any(re.fullmatch(r"features\.\d+\.weight", k) and len(shapes[k]) == 4 for k in keys):
-        spec, renames = _infer_torchvision_vgg(shapes)
-    elif keys and all(re.fullmatch(r"\d+\.(weight|bias)", k) for k in keys):
-        spec, renames = _infer_sequential_mlp(shapes)
-    elif "fc1.weight" in shapes and all(re.fullmatch(r"fc\d+\.(weight|bias)", k) for k in keys):
-        spec, renames = _infer_fc_mlp(shapes)
-    else:
-        raise _unknown_layout(f", starting with '{quote(keys[0])}'," if keys else ", none at all,")
-    return spec, renames
+    raise unknown_layout(f", starting with '{quote(keys[0])}'," if keys else ", none at all,")
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -515,18 +328,14 @@ def _size_of(state_dict: dict[str, torch.Tensor], key: str, rank: int, axis: int
     return int(value.shape[axis])
 
 
-def _first_layer_inputs(spec: ArchSpec, state_dict: dict[str, torch.Tensor], name: str) -> int | None:
+def _first_layer_inputs(family: Family, state_dict: dict[str, torch.Tensor], name: str) -> int | None:
     """The first layer's input size: MLP in_features, CNN in_channels (None if the key is missing)."""
-    if spec.family == "mlp":
-        return _size_of(state_dict, "hidden.0.weight", 2, 1, name)
-    if spec.family == "resnet":
-        return _size_of(state_dict, "conv1.weight", 4, 1, name)
-    convs = _indexed(list(state_dict), r"features\.(\d+)\.conv\.weight")
-    return _size_of(state_dict, f"features.{convs[0]}.conv.weight", 4, 1, name) if convs else None
+    key = family.first_weight(list(state_dict))
+    return _size_of(state_dict, key, 4 if family.is_conv else 2, 1, name) if key else None
 
 
-def _head_outputs(spec: ArchSpec, state_dict: dict[str, torch.Tensor], name: str) -> int | None:
-    return _size_of(state_dict, "fc.weight" if spec.family == "resnet" else "head.weight", 2, 0, name)
+def _head_outputs(family: Family, state_dict: dict[str, torch.Tensor], name: str) -> int | None:
+    return _size_of(state_dict, family.head_weight, 2, 0, name)
 
 
 def _metadata_int(text: str | None) -> int | None:
@@ -544,32 +353,34 @@ def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
     return (c, h, w)
 
 
-def _guess_input_shape(spec: ArchSpec, inputs: int | None, name: str) -> tuple[int, int, int]:
-    """An MLP's input from its in_features when square (1×s×s); CNN files do not say their image size."""
-    side = math.isqrt(inputs) if spec.family == "mlp" and inputs else 0
-    if side and side * side == inputs:
-        return (1, side, side)
-    if spec.family == "mlp":
+def _guess_input_shape(family: Family, inputs: int | None, name: str) -> tuple[int, int, int]:
+    """The input shape the first layer implies (an MLP's square in_features: 1×s×s); CNN files do not say
+    their image size."""
+    shape = family.guess_input_shape(inputs) if inputs else None
+    if shape is not None:
+        return shape
+    if not family.is_conv:
         raise CheckpointError(f"{name} takes {inputs} input values, which is not a square grayscale image; "
                               "choose the dataset it was trained on.")
     raise CheckpointError(f"{name} does not record the image size it was trained on; choose the dataset it was "
                           "trained on.")
 
 
-def _check_shapes(spec: ArchSpec, state_dict: dict[str, torch.Tensor], input_shape: tuple[int, int, int],
+def _check_shapes(family: Family, state_dict: dict[str, torch.Tensor], input_shape: tuple[int, int, int],
                   num_classes: int, dataset: str, name: str) -> None:
     """Refuse a checkpoint whose first layer or head does not fit the chosen dataset."""
     fix = f"load a checkpoint trained on {dataset} or choose the matching dataset."
-    outputs = _head_outputs(spec, state_dict, name)
+    outputs = _head_outputs(family, state_dict, name)
     if outputs is not None and outputs != num_classes:
         raise CheckpointError(f"{name} predicts {outputs} classes but {dataset} has {num_classes}; {fix}")
-    inputs = _first_layer_inputs(spec, state_dict, name)
+    inputs = _first_layer_inputs(family, state_dict, name)
+    if inputs is None or inputs == family.input_width(input_shape):
+        return
     c, h, w = input_shape
-    if spec.family == "mlp" and inputs is not None and inputs != c * h * w:
-        raise CheckpointError(f"{name} takes {inputs} input values but {dataset} images are {c}×{h}×{w} = "
-                              f"{c * h * w}; {fix}")
-    if spec.family != "mlp" and inputs is not None and inputs != c:
+    if family.is_conv:
         raise CheckpointError(f"{name} takes {inputs}-channel images but {dataset} images have {c} channels; {fix}")
+    raise CheckpointError(f"{name} takes {inputs} input values but {dataset} images are {c}×{h}×{w} = "
+                          f"{c * h * w}; {fix}")
 
 
 def _check_fits(model: nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
@@ -660,16 +471,17 @@ def _target(spec: ArchSpec, state_dict: dict[str, torch.Tensor], meta: dict[str,
     Whatever the caller chose is checked against the weights, so a mismatch is reported in terms of
     the dataset rather than as a shape error deep inside ``load_state_dict``.
     """
+    family = get_family(spec.family)
     ds_shape, ds_classes = _dataset_defaults(dataset if input_shape is None or num_classes is None else None)
     shape = input_shape or ds_shape or _parse_shape(meta.get("input_shape")) \
-        or _guess_input_shape(spec, _first_layer_inputs(spec, state_dict, name), name)
+        or _guess_input_shape(family, _first_layer_inputs(family, state_dict, name), name)
     meta_classes = _metadata_int(meta.get("num_classes"))
-    classes = num_classes or ds_classes or meta_classes or _head_outputs(spec, state_dict, name)
+    classes = num_classes or ds_classes or meta_classes or _head_outputs(family, state_dict, name)
     if classes is None:
         raise CheckpointError(f"{name} has no classifier head to count its classes; choose the dataset it was "
                               "trained on.")
     label = quote(dataset or meta.get("dataset") or "the chosen dataset")
-    _check_shapes(spec, state_dict, tuple(shape), classes, label, name)
+    _check_shapes(family, state_dict, tuple(shape), classes, label, name)
     return tuple(int(v) for v in shape), int(classes)  # type: ignore[return-value]
 
 

@@ -95,6 +95,10 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
                         help="weight s of model B (0 = aligned A, 1 = B)")
     parser.add_argument("--input-scaling", default=DEFAULTS["input_scaling"], choices=INPUT_SCALINGS)
     parser.add_argument("--marginals", default=DEFAULTS["marginals"], choices=MARGINALS)
+    parser.add_argument("--squared-ground-cost", dest="squared", action="store_true",
+                        help="OT: squared Euclidean ground costs (plain Euclidean by default, which fused better)")
+    parser.add_argument("--no-input-correction", dest="input_correction", action="store_false",
+                        help="OT: skip the input correction, to see why it is needed (equal widths only)")
     interp = InterpOptions()
     parser.add_argument("--fusion-size", type=int, default=interp.fusion_size,
                         help="interp: samples of its class-balanced fusion batch (train/validation)")

@@ -37,7 +37,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def placed_on(models: Sequence[nn.Module], device: torch.device) -> list[nn.Module]:
     """The models themselves where they already live on ``device``, else private copies moved there
-    (so the caller's models never change device)."""
+    (so the caller's models never change device). ``cuda`` without an index is the current CUDA device,
+    where ``.to("cuda")`` puts a model."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     return [m if next(m.parameters()).device == device else copy.deepcopy(m).to(device) for m in models]
 
 

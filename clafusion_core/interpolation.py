@@ -230,7 +230,6 @@ class RidgeFit:
     lam: float
     eigenvalues: torch.Tensor
     eigenvectors: torch.Tensor
-    holdout_errors: dict[float, float] = field(default_factory=dict)
 
 
 def _eigen(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,7 +287,6 @@ def ridge_fit(design: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor,
     """
     design, targets, prior = design.double(), targets.double(), prior.double()
     d = design.shape[1]
-    errors: dict[float, float] = {}
     if ridge is None:
         if holdout is None or not holdout.any() or holdout.all():
             raise FusionError("Choosing the ridge needs held-out rows and training rows; give a ridge value instead.")
@@ -302,6 +300,7 @@ def ridge_fit(design: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor,
         projected = held_z @ v                                                  # Z_h V
         coefficients = v.T @ (train_z.T @ (targets[~holdout] - train_z @ prior))  # Vᵀ Z_tᵀ (A_t − Z_t W⁰)
         base = targets[holdout] - held_z @ prior
+        errors: dict[float, float] = {}
         for rho in RIDGE_GRID:
             residual = base - projected @ (_inverse_spectrum(e, rho * scale)[:, None] * coefficients)
             errors[rho] = float((residual.pow(2).sum(0) * weight).sum())
@@ -311,7 +310,7 @@ def ridge_fit(design: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor,
     e, v = _eigen(gram)
     lam = ridge * float(e.sum()) / d
     update = v @ (_inverse_spectrum(e, lam)[:, None] * (v.T @ (design.T @ (targets - design @ prior))))
-    return RidgeFit(prior + update, float(ridge), lam, e, v, errors)
+    return RidgeFit(prior + update, float(ridge), lam, e, v)
 
 
 def _coordinates(fit: RidgeFit, design: torch.Tensor, targets: torch.Tensor

@@ -10,7 +10,8 @@ Alignment, balancing and fusion never look at a model's classes; they see this v
   conv and the shortcut all write into the same stream, so they must be permuted together);
 * **probes** — where each unit's and each group's activations are read (forward-hook points).
 
-A new architecture family is one more ``_view_*`` function.
+Each architecture family builds this view of its models (``Family.view`` in
+:mod:`clafusion_core.families`), so a new family is one more file there.
 """
 
 from __future__ import annotations
@@ -75,84 +76,9 @@ class ModelView:
         return [u.name for u in self.units]
 
 
-def get_module(model: nn.Module, path: str) -> nn.Module:
-    return model.get_submodule(path)
-
-
-def _view_mlp(model: nn.Module) -> ModelView:
-    units, layers, groups = [], [], {}
-    previous = None
-    for i, linear in enumerate(model.hidden):
-        name = f"hidden.{i}"
-        probe = Probe(name)
-        units.append(Unit(name, linear.out_features, probe, "linear"))
-        layers.append(WeightLayer(name, None, previous, name))
-        groups[name] = [probe]
-        previous = name
-    layers.append(WeightLayer("head", None, previous, None))
-    return ModelView([units], layers, groups)
-
-
-def _view_vgg(model: nn.Module) -> ModelView:
-    stages: list[list[Unit]] = [[]]
-    layers, groups = [], {}
-    previous = None
-    for index, module in enumerate(model.features):
-        if isinstance(module, nn.MaxPool2d):
-            stages.append([])
-            continue
-        name = f"features.{index}"
-        bn = f"{name}.bn" if module.bn is not None else None
-        probe = Probe(bn or f"{name}.conv")
-        stages[-1].append(Unit(name, module.conv.out_channels, probe, "conv"))
-        layers.append(WeightLayer(f"{name}.conv", bn, previous, name))
-        groups[name] = [probe]
-        previous = name
-    classifier_units = []
-    for index, module in enumerate(model.classifier):
-        name = f"classifier.{index}"
-        probe = Probe(f"{name}.linear")
-        classifier_units.append(Unit(name, module.linear.out_features, probe, "linear"))
-        layers.append(WeightLayer(f"{name}.linear", None, previous, name))
-        groups[name] = [probe]
-        previous = name
-    layers.append(WeightLayer("head", None, previous, None))
-    return ModelView(stages + [classifier_units], layers, groups)
-
-
-def _view_resnet(model: nn.Module) -> ModelView:
-    stem_probe = Probe("bn1")
-    layers = [WeightLayer("conv1", "bn1", None, "stream1")]
-    groups: dict[str, list[Probe]] = {"stream1": [stem_probe]}
-    stages = []
-    stream = "stream1"
-    for s in range(1, 5):
-        stage_units = []
-        new_stream = f"stream{s}"
-        groups.setdefault(new_stream, [])
-        for b, block in enumerate(getattr(model, f"layer{s}")):
-            name = f"layer{s}.{b}"
-            inner = f"{name}.inner"
-            block_probe = Probe(name, relu=False, pre_relu=False)
-            stage_units.append(Unit(name, block.conv2.out_channels, block_probe, "block"))
-            groups[inner] = [Probe(f"{name}.bn1")]
-            groups[new_stream].append(block_probe)
-            layers.append(WeightLayer(f"{name}.conv1", f"{name}.bn1", stream, inner))
-            layers.append(WeightLayer(f"{name}.conv2", f"{name}.bn2", inner, new_stream))
-            if block.downsample is not None:
-                layers.append(WeightLayer(f"{name}.downsample.0", f"{name}.downsample.1", stream, new_stream))
-            stream = new_stream
-        stages.append(stage_units)
-    layers.append(WeightLayer("fc", None, stream, None))
-    return ModelView(stages, layers, groups)
-
-
-_VIEWS = {"mlp": _view_mlp, "vgg": _view_vgg, "resnet": _view_resnet}
-
-
 def model_view(model: nn.Module) -> ModelView:
-    """The fusable-layer view of a model built by :func:`clafusion_core.models.build_model`."""
-    spec = getattr(model, "spec", None)
-    if spec is None or spec.family not in _VIEWS:
+    """The fusable-layer view of a model built by :func:`clafusion_core.models.build_model`: its family's."""
+    family = getattr(model, "family", None)
+    if family is None:
         raise ArchError("This model was not built from an arch spec; load it through clafusion_core.checkpoints.")
-    return _VIEWS[spec.family](model)
+    return family.view(model)

@@ -53,11 +53,13 @@ MAX_GROUND_ROWS = 50_000   # samples × positions kept for one group's activatio
 
 @dataclass(frozen=True)
 class OTOptions:
-    """How OT aligns neurons; every field maps to a CLI flag and an app widget.
+    """How OT aligns neurons; every field maps to a CLI flag, and all but the last two to an app widget.
 
     ``ground_activation`` and ``ground_conv_features`` choose the activations of the ``activations`` ground metric
     (independent of the alignment's cost matrix): post- or pre-ReLU, and for conv maps every position
-    as a sample (``positions``) or the spatial mean per channel (``pool``).
+    as a sample (``positions``) or the spatial mean per channel (``pool``). ``squared`` squares the
+    Euclidean ground costs (plain distances fused 3 pp better one-shot on MNIST MLPs: 96.0 vs 92.8 %);
+    ``input_correction`` off shows why the correction is needed (the fused model is then wrong).
     """
 
     ground_metric: str = "activations"
@@ -68,7 +70,7 @@ class OTOptions:
     ground_activation: str = "post"
     ground_conv_features: str = "positions"
     squared: bool = False
-    input_correction: bool = True     # off only to demonstrate why it is needed
+    input_correction: bool = True
 
     def __post_init__(self):
         for name, allowed in (("ground_metric", GROUND_METRICS), ("solver", SOLVERS),

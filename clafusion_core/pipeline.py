@@ -28,6 +28,7 @@ from .baselines import ensemble_accuracy, teacher_logits, vanilla_average
 from .data import DataSplits, default_probe_size, probe_examples
 from .devices import cpu_fallback, placed_on, resolve_device
 from .errors import AlignmentError, CheckpointError
+from .families import Family
 from .layers import model_view
 from .models import count_parameters
 from .config import FusionConfig
@@ -136,8 +137,8 @@ def describe_model(model: nn.Module) -> dict:
 
 def order_pair(model_a: nn.Module, model_b: nn.Module) -> tuple[nn.Module, nn.Module, bool]:
     """Put the deeper model first (the alignment's rows); returns whether they were swapped."""
-    if model_a.spec.family != model_b.spec.family:
-        raise AlignmentError(f"Cannot fuse a {model_a.spec.family} with a {model_b.spec.family}; "
+    if model_a.family is not model_b.family:
+        raise AlignmentError(f"Cannot fuse a {model_a.family.name} with a {model_b.family.name}; "
                              "choose two models of the same family.")
     if model_a.num_classes != model_b.num_classes or model_a.input_shape != model_b.input_shape:
         raise CheckpointError(f"The models disagree on inputs {model_a.input_shape} vs {model_b.input_shape} or "
@@ -163,17 +164,17 @@ def compute_activations(model: nn.Module, probe: torch.Tensor, config: FusionCon
     return unit_activations(model, probe, pre=config.alignment.activation == "pre", conv=config.alignment.conv_features)
 
 
-def stage_pins(family: str, depths_b: list[int], config: FusionConfig) -> tuple[list[tuple[bool, bool]], list[str]]:
+def stage_pins(family: Family, depths_b: list[int], config: FusionConfig) -> tuple[list[tuple[bool, bool]], list[str]]:
     """The (pin_first, pin_last) of each stage: the model's first hidden layers are matched to each
-    other and its last ones too; stages in between align freely. A ResNet stage's first block carries
-    the downsampling, so in ResNets every stage's first blocks are matched."""
+    other and its last ones too; stages in between align freely. In a family whose stages start with
+    the downsampling unit (ResNet: ``Family.pins_stage_starts``) every stage's first units are matched."""
     filled = [s for s, n in enumerate(depths_b) if n]
     first, last = (filled[0], filled[-1]) if filled else (-1, -1)
     notes = []
-    if family == "resnet" and not config.alignment.pin_first:
-        notes.append("ResNet stages always match their first blocks (they downsample).")
-    pins = [((config.alignment.pin_first and s == first) or family == "resnet", config.alignment.pin_last and s == last)
-            for s in range(len(depths_b))]
+    if family.pins_stage_starts and not config.alignment.pin_first:
+        notes.append(family.pin_note)
+    pins = [((config.alignment.pin_first and s == first) or family.pins_stage_starts,
+             config.alignment.pin_last and s == last) for s in range(len(depths_b))]
     return pins, notes
 
 
@@ -186,7 +187,7 @@ def compute_alignment(acts_a: list[list[torch.Tensor]], acts_b: list[list[torch.
     flat_a = [a for stage in acts_a for a in stage]
     flat_b = [b for stage in acts_b for b in stage]
     full = cost_matrix(flat_a, flat_b, config.alignment.cost) if flat_a and flat_b else np.zeros((len(flat_a), len(flat_b)))
-    pins, notes = stage_pins(model_a.spec.family, [len(stage) for stage in acts_b], config)
+    pins, notes = stage_pins(model_a.family, [len(stage) for stage in acts_b], config)
     costs, optimal, row, col = [], [], 0, 0
     for stage_a, stage_b, (pin_first, pin_last) in zip(acts_a, acts_b, pins):
         m, n = len(stage_a), len(stage_b)

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 
+from .devices import placed_on
 from .distributed import SINGLE, EpochBatches, World
 from .errors import FusionError
 from .threads import sized_by, work_of
@@ -90,9 +91,16 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
 @torch.no_grad()
 def predict_logits(model: nn.Module, inputs: torch.Tensor, device: torch.device | str = "cpu",
                    batch_size: int = 2048) -> torch.Tensor:
-    model.eval().to(device)
-    return torch.cat([model(inputs[i:i + batch_size].to(device)).float().cpu()
-                      for i in range(0, len(inputs), batch_size)])
+    """Eval-mode logits on the CPU. The caller's model keeps its device and mode (a copy runs where the
+    model lives elsewhere), so evaluating never moves a model another stage or session is using."""
+    (placed,) = placed_on([model], torch.device(device))
+    training = placed.training
+    placed.eval()
+    try:
+        return torch.cat([placed(inputs[i:i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(inputs), batch_size)])
+    finally:
+        placed.train(training)
 
 
 def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,

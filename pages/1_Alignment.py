@@ -34,7 +34,7 @@ A's layers that no layer of B is matched to are where the Fusion step inserts id
 """)
 pair, loaded = cached.pair_in_use()
 model_a, model_b = loaded.model_a, loaded.model_b
-conv = model_a.spec.family != "mlp"
+conv = model_a.family.is_conv
 
 # ------------------------------------------------------------------------------------------- controls
 cols = st.columns([2.2, 1.1, 1.4, 1.4] + ([1.4] if conv else []))

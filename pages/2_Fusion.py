@@ -50,7 +50,7 @@ neuron to the mean and spread its parents had on the probe batch. BatchNorm laye
 recomputed on training data instead.
 """)
 pair, loaded = cached.pair_in_use()
-is_mlp = loaded.model_a.spec.family == "mlp"
+is_mlp = not loaded.model_a.family.is_conv
 
 # ------------------------------------------------------------------------------------------- controls
 balance_options = list(BALANCE_METHODS) if is_mlp else ["add"]

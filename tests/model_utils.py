@@ -62,3 +62,17 @@ def permuted_copy(model, seed=0):
                     getattr(bn_t, name).copy_(getattr(bn_s, name)[p])
         target.weight.copy_(weight)
     return out
+
+
+def count_calls(monkeypatch, owner, name: str) -> list[tuple]:
+    """Wrap ``owner.name`` for this test so that every call still runs and is recorded (its positional
+    arguments): a test can then say how often a stage ran."""
+    original = getattr(owner, name)
+    calls: list[tuple] = []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls

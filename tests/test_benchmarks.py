@@ -15,9 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run_quick(script: str, out: Path) -> tuple[Path, subprocess.CompletedProcess, dict]:
+def _run_quick(script: str, out: Path, *flags: str) -> tuple[Path, subprocess.CompletedProcess, dict]:
     """Run ``benchmarks/<script> --quick`` into ``out``; returns the folder, the process and its results JSON."""
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out), *flags],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc, json.loads((out / f"{Path(script).stem}-quick.json").read_text())
@@ -150,6 +150,22 @@ def test_compare_quick_writes_barriers_and_the_method_table(tmp_path):
     assert barrier["barrier_heights"]["ot"] < barrier["barrier_heights"]["naive"]
     assert "| Vanilla averaging (no alignment) |" in proc.stdout
     assert all(math.isfinite(x) for x in _numbers(data["barriers"]))
+
+
+def test_refactor_quick_counts_lines_and_fuses_the_sweep_both_ways(tmp_path):
+    """Before = after = HEAD (any clone has it): every module counted once, the split equal to the re-run."""
+    _, proc, data = _run_quick("refactor.py", tmp_path, "--before", "HEAD")
+    _check_machine(data)
+    rows = data["lines"]["modules"]
+    assert {"models.py", "families/mlp.py"} <= {r["module"] for r in rows}
+    assert all(r["before"] == r["after"] > 0 for r in rows)
+    assert data["lines"]["folders"]["clafusion_core"]["after"] == sum(r["after"] for r in rows)
+    if data["duplicates"]["after"] is not None:     # the tool is installed
+        assert data["duplicates"]["after"] == data["duplicates"]["before"]
+    (sweep,) = data["sweep"]
+    assert sweep["pair"] == "mlp" and sweep["s_values"] == [0.0, 0.5, 1.0]
+    assert sweep["largest_parameter_difference"] < 1e-6     # one alignment serves every s
+    assert all(math.isfinite(x) for x in _numbers(data["sweep"])) and "| mlp | 3 |" in proc.stdout
 
 
 @pytest.mark.slow  # starts torchrun and three single-process runs: about a minute on 2 busy cores

@@ -184,6 +184,19 @@ def test_finetune_on_cuda_follows_the_cpu_run(trained, tmp_path):
     assert cuda["val_accuracy"] == pytest.approx(cpu["val_accuracy"], abs=2 / 360)   # ± two validation images
 
 
+def test_the_ot_ground_cost_and_input_correction_flags_reach_the_fusion(trained, tmp_path, capsys):
+    out = tmp_path / "squared.json"
+    models = [str(trained["deep"]), str(trained["shallow"])]
+    assert main(["fuse", *models, "--squared-ground-cost", "--json", str(out)]) == 0
+    options = FusionConfig.from_dict(json.loads(out.read_text())["config"]).fusion.options
+    assert (options.squared, options.input_correction) == (True, True)
+    capsys.readouterr()
+    # the balanced pair differs in width (48 vs 32 neurons into hidden.1): uncorrected inputs cannot be averaged
+    assert main(["fuse", *models, "--no-input-correction"]) == 2
+    err = capsys.readouterr().err
+    assert "turn the input correction on" in err and err.count("\n") == 1
+
+
 def test_fuse_with_neuron_interpolation_records_the_method_its_options_and_diagnostics(trained, tmp_path):
     out = tmp_path / "interp.json"
     assert main(["fuse", str(trained["deep"]), str(trained["shallow"]), "--method", "interp", "--fusion-size", "300",

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from clafusion_core import compare, pipeline
+from clafusion_core import compare
 from clafusion_core.barrier import barrier_curves
 from clafusion_core.compare import compare_methods, method_variants, metric_downstream
 from clafusion_core.methods import METHODS
@@ -12,6 +12,7 @@ from clafusion_core.otfusion import GROUND_METRICS
 from clafusion_core.pipeline import run_fusion
 from clafusion_core.config import FusionConfig
 from clafusion_core.similarity import METRICS
+from model_utils import count_calls
 
 
 def test_every_registered_method_is_a_variant_and_ot_has_one_per_ground_metric():
@@ -57,25 +58,14 @@ def test_a_different_depth_pair_has_no_vanilla_row_and_says_why(mlp_pair, digits
 
 
 def test_each_metric_gets_the_accuracy_its_own_alignment_fuses_to(mlp_pair, digits, monkeypatch):
-    calls = {"activations": 0, "fusions": 0}
-    record, fuse = pipeline.compute_activations, pipeline.run_fusion
-
-    def counted_record(*args, **kwargs):
-        calls["activations"] += 1
-        return record(*args, **kwargs)
-
-    def counted_fuse(*args, **kwargs):
-        calls["fusions"] += 1
-        return fuse(*args, **kwargs)
-
-    monkeypatch.setattr(compare, "compute_activations", counted_record)
-    monkeypatch.setattr(compare, "run_fusion", counted_fuse)
+    activations = count_calls(monkeypatch, compare, "compute_activations")
+    fusions = count_calls(monkeypatch, compare, "run_fusion")
     rows = metric_downstream(*mlp_pair, digits)
     assert [r.metric for r in rows] == list(METRICS)
     distinct = {tuple(r.alignment) for r in rows}
-    assert calls == {"activations": 2, "fusions": len(distinct)}
+    assert (len(activations), len(fusions)) == (2, len(distinct))
     for row in rows:      # the oracle: a fusion run under that metric alone
-        alone = fuse(*mlp_pair, digits, FusionConfig.from_flat(cost=row.metric))
+        alone = run_fusion(*mlp_pair, digits, FusionConfig.from_flat(cost=row.metric))
         assert alone.alignment.global_mapping() == row.alignment
         assert alone.accuracy["fused"] == pytest.approx(row.fused)
         assert set(row.same_as) == {r.metric for r in rows if r.alignment == row.alignment} - {row.metric}

@@ -1,9 +1,11 @@
+import copy
+
 import pytest
 import torch
 
 from clafusion_core.errors import ArchError
 from clafusion_core.layers import model_view
-from clafusion_core.models import build_model, parse_arch
+from clafusion_core.models import ModelInfo, build_model, parse_arch, rebuild
 
 SPECS = ["mlp:400-200-100", "mlp:64-nobias", "vgg11", "vgg13", "vgg11-bn", "vgg:32-M-64-M-128-bn/64",
          "resnet18", "resnet34x0.25", "resnet:1-1-1-1@8-16-16-32", "resnet18x0.25-tvstem"]
@@ -19,8 +21,21 @@ def test_every_arch_builds_and_runs(spec, shape):
     assert out.shape == (2, 7)
     assert torch.isfinite(out).all()
     view = model_view(model)
-    assert [len(s) for s in view.stages] == model.spec.stage_depths
+    depths, widths = [len(s) for s in view.stages], [[u.width for u in s] for s in view.stages]
+    assert model.family.with_stage_depths(model.spec, depths, widths) == model.spec   # the view is the spec's
     assert view.layers[-1].out_group is None  # the logits layer is never permuted
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_the_metadata_is_one_read_only_record_that_copies_keep(spec):
+    model = build_model(spec, (3, 32, 32), 7)
+    assert model.info == ModelInfo(parse_arch(spec), (3, 32, 32), 7)
+    assert (model.spec, model.input_shape, model.num_classes) == (model.info.spec, (3, 32, 32), 7)
+    clone = copy.deepcopy(model)
+    assert clone.info == model.info and clone.family is model.family
+    assert rebuild(model, model.spec).info == model.info
+    with pytest.raises(AttributeError):
+        model.num_classes = 3        # change the record, not one field of it
 
 
 @pytest.mark.parametrize("spec", SPECS)

@@ -4,7 +4,7 @@ import torch
 
 from clafusion_core.errors import AlignmentError
 from clafusion_core.methods import METHODS, FusionBatch
-from clafusion_core.otfusion import OTOptions, fuse_models, transport_plan
+from clafusion_core.otfusion import OTOptions, align_onto, fuse_models, transport_plan
 from model_utils import permuted_copy, random_model
 
 X = torch.randn(256, 1, 8, 8)
@@ -38,6 +38,29 @@ def test_without_input_correction_the_permuted_copy_is_not_recovered(spec):
         fused = _fuse(permuted, model, ground_metric="weights", input_correction=False).model
         reference = model(X)
         assert (fused(X) - reference).abs().max() > 0.1 * reference.abs().max()
+
+
+def test_the_weights_ground_metric_is_plain_or_squared_euclidean():
+    """Neurons as points (weight rows, bias appended): A at 0 and p, B at 0 and q, with |p| = |q| = 1.6 and
+    |p − q| = 3. Plain distances keep the pairs (0 + 3 < 1.6 + 1.6), squared ones swap them (1.6² + 1.6² < 3²):
+    each plan is POT's exact one for the costs ``squared`` chooses."""
+    import ot
+
+    sine = 0.9375                                   # |p − q| = 2 · 1.6 · sine = 3
+    points = {"a": [[0.0, 0.0], [1.6 * (1 - sine ** 2) ** 0.5, 1.6 * sine]],
+              "b": [[0.0, 0.0], [1.6 * (1 - sine ** 2) ** 0.5, -1.6 * sine]]}
+    models = {}
+    for key, seed in (("a", 1), ("b", 2)):
+        models[key] = random_model("mlp:2", seed=seed)
+        with torch.no_grad():
+            models[key].hidden[0].weight.zero_()[:, :2] = torch.tensor(points[key])
+            models[key].hidden[0].bias.zero_()
+    distances = np.linalg.norm(np.array(points["a"])[:, None] - np.array(points["b"])[None], axis=2)
+    for squared, kept in ((False, True), (True, False)):
+        plan = align_onto(models["a"], models["b"], OTOptions(ground_metric="weights", squared=squared)).plans["hidden.0"]
+        expected = ot.emd(np.full(2, 0.5), np.full(2, 0.5), distances ** 2 if squared else distances)
+        assert np.abs(plan - expected).max() < 1e-6
+        assert np.allclose(plan, 0.5 * np.eye(2) if kept else 0.5 * np.eye(2)[::-1]), squared
 
 
 @pytest.mark.parametrize("ground_metric", ["weights", "activations"])

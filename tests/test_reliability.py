@@ -27,6 +27,7 @@ from clafusion_core import checkpoints, cli, data, otfusion, pipeline, torchfile
 from clafusion_core.activations import private_view, record_outputs
 from clafusion_core.checkpoints import checkpoint_bytes, infer_arch, load_checkpoint
 from clafusion_core.errors import ArchError, CheckpointError, DatasetError, FusionError, NumericalError
+from clafusion_core.families.keys import prefix_renames
 from clafusion_core.models import build_model, count_parameters, model_size, parse_arch
 from clafusion_core.otfusion import MARGINAL_TOLERANCE, marginal_error, transport_plan
 from clafusion_core.train import TrainConfig
@@ -265,8 +266,8 @@ def test_unicode_digits_in_metadata_are_not_numbers(meta):
 ], ids=["resnet-1e9-blocks", "width-2^63", "width-4e9", "fullwidth-width", "2000-pools", "long-spec"])
 def test_hostile_arch_metadata_is_refused_before_building(arch, match, monkeypatch):
     data = safetensors_with({"arch": arch})
-    for family in ("MLP", "VGG", "SmallResNet"):
-        monkeypatch.setattr(f"clafusion_core.models.{family}", lambda *a, **k: pytest.fail("a layer was built"))
+    for module, model in (("mlp", "MLP"), ("vgg", "VGG"), ("resnet", "SmallResNet")):
+        monkeypatch.setattr(f"clafusion_core.families.{module}.{model}", lambda *a, **k: pytest.fail("a layer was built"))
     with pytest.raises(ArchError, match=match) as err:
         load_checkpoint(data)
     assert_one_sentence(str(err.value))
@@ -333,7 +334,7 @@ def test_prefix_renames_equal_the_quadratic_search():
     for _ in range(20):
         chosen = rng.choice(len(modules), 15, replace=False)
         prefixes = {modules[i]: f"x.{i}." if i % 3 else modules[i] for i in chosen}
-        assert checkpoints._prefix_renames(keys, prefixes) == _quadratic_prefix_renames(keys, prefixes)
+        assert prefix_renames(keys, prefixes) == _quadratic_prefix_renames(keys, prefixes)
 
 
 @pytest.mark.parametrize("spec", ["mlp:32-16", "mlp:7-nobias", "vgg:8-M-16-bn/12", "vgg11x0.125",

@@ -108,3 +108,37 @@ def test_invalid_settings_are_one_sentence_errors(config):
 def test_distillation_without_teacher_logits_is_refused():
     with pytest.raises(FusionError, match="teacher"):
         train_model(build_model("mlp:8", (1, 4, 4), 4), _blobs(), _blobs(), TrainConfig(epochs=1, distill=0.5))
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                    reason="needs a CUDA device")])]
+
+
+def _dropout_net() -> torch.nn.Module:
+    """A model in training mode whose forward pass would draw from the global RNG (dropout)."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                               torch.nn.Linear(32, 5)).train()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_predicting_leaves_the_callers_model_and_the_global_rng_as_they_were(device):
+    model = _dropout_net()
+    inputs = torch.randn(50, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    rng = torch.random.get_rng_state()
+    logits = predict_logits(model, inputs, device, batch_size=16)
+    assert torch.equal(rng, torch.random.get_rng_state())
+    assert model.training and next(model.parameters()).device.type == "cpu"
+    with torch.no_grad():
+        assert torch.allclose(logits, model.eval()(inputs), atol=1e-5)   # eval-mode logits: dropout was off
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_model_already_on_the_device_is_predicted_without_a_copy(device, monkeypatch):
+    from types import SimpleNamespace
+
+    from clafusion_core import devices
+
+    model = _dropout_net().to(device)
+    monkeypatch.setattr(devices, "copy", SimpleNamespace(deepcopy=lambda *_: pytest.fail("the model was copied")))
+    assert predict_logits(model, torch.zeros(3, 1, 8, 8), device).shape == (3, 5)
+    assert model.training
