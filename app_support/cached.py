@@ -27,8 +27,9 @@ from torch import nn
 from clafusion_core import checkpoints, data, pipeline, train, zoo
 from clafusion_core.checkpoints import CheckpointInfo
 from clafusion_core.devices import resolve_device
-from clafusion_core.errors import CheckpointError
+from clafusion_core.errors import CheckpointError, FusionError
 from clafusion_core.pipeline import Alignment, FusionConfig
+from clafusion_core.similarity import METRIC_LABELS, METRICS
 from clafusion_core.validation import regular_file_stat
 
 from . import state, ui
@@ -179,3 +180,17 @@ def alignment(loaded: LoadedPair, config: FusionConfig) -> Alignment:
     acts_b = activations(loaded.ref_b.key, loaded.model_b, config)
     return _alignment(loaded.ref_a.key, loaded.ref_b.key, repr((config.probe, config.alignment)), acts_a, acts_b, loaded.model_a, config)
 
+
+
+def every_metric(loaded: LoadedPair, config: FusionConfig, progress) -> tuple[dict[str, Alignment], dict[str, str]]:
+    """The alignment under every cost metric, the chosen one first (each cached; the activations are
+    shared), and the sentence of each metric that failed."""
+    order = [config.alignment.cost] + [m for m in METRICS if m != config.alignment.cost]
+    alignments, failed = {}, {}
+    for k, metric in enumerate(order):
+        progress(k / len(order), f"cost matrix: {METRIC_LABELS[metric]}")
+        try:
+            alignments[metric] = alignment(loaded, config.replace(cost=metric))
+        except FusionError as exc:
+            failed[metric] = str(exc)
+    return alignments, failed

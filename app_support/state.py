@@ -15,17 +15,65 @@ Pages read the choices through the functions below (``choice()``, ``alignment_co
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import dataclass
 
 import streamlit as st
 
 from clafusion_core import zoo
-from clafusion_core.interpolation import InterpOptions
+from clafusion_core.activations import CONV_MODES
+from clafusion_core.balancing import BALANCE_METHODS
+from clafusion_core.config import FLAT_NAMES, INSERTED_WEIGHTS, flat_types
+from clafusion_core.data import DATASETS
+from clafusion_core.devices import DEVICES
+from clafusion_core.errors import FusionError
+from clafusion_core.interpolation import GROUPINGS, IMPORTANCES
+from clafusion_core.methods import METHODS
+from clafusion_core import otfusion
 from clafusion_core.pipeline import FusionConfig, FusionResult
+from clafusion_core.similarity import METRICS
+from clafusion_core.train import OPTIMIZERS
 
-_DEFAULT = FusionConfig().flat()
+# ------------------------------------------------------------------------------ the run config's keys
+# Every setting of the library's run config has one session key: its flat name (``FusionConfig.flat()``,
+# the options of every registered method included). A widget of a setting uses that key, the URL that
+# name, and the config is built from them: a new config field is in the app's state and links at once.
+CHOICE_NAMES = ("dataset", "data_root", "mapping")   # from the networks chosen and the what-if matching
+CONFIG_DEFAULTS: dict[str, object] = {}
+for _method in METHODS:
+    CONFIG_DEFAULTS.update(FusionConfig.from_flat(method=_method).flat())
+CONFIG_DEFAULTS.update(FusionConfig().flat())
+CONFIG_NAMES = tuple(name for name in CONFIG_DEFAULTS if name not in CHOICE_NAMES)
+OPTION_NAMES = {name: method for method in METHODS for name in CONFIG_DEFAULTS
+                if name in FusionConfig.from_flat(method=method).flat() and name not in FLAT_NAMES
+                and name not in ("seed", "device")}     # a fusion method's option → that method
+APP_DEFAULTS = {"finetune_epochs": 5}               # where the app starts otherwise than the library
+AUTO = "auto"   # a setting left to the library (None in the config): widgets show no selection for None
+OPTIONAL = {name for name, kind in flat_types().items() if type(None) in typing.get_args(kind)}
 
-# --------------------------------------------------------------------------------------- widget keys
+
+def _held(name: str, value: object) -> object:
+    """A config value as the session holds it (None, for a setting that may be None, as :data:`AUTO`)."""
+    return AUTO if value is None and name in OPTIONAL else value
+
+
+def _given(name: str, value: object) -> object:
+    """A session value as the config takes it (the inverse of :func:`_held`)."""
+    return None if name in OPTIONAL and value == AUTO else value
+
+
+COST, PROBE_SIZE, ACTIVATION, CONV_FEATURES = "cost", "probe_size", "activation", "conv_features"
+PIN_FIRST, PIN_LAST = "pin_first", "pin_last"
+BALANCE, METHOD, INSERTED_WEIGHT, FUSION_WEIGHT = "balance", "method", "inserted_weight", "fusion_weight"
+GROUND_METRIC, GROUND_ACTIVATION, GROUND_CONV_FEATURES = "ground_metric", "ground_activation", "ground_conv_features"
+SOLVER, SINKHORN_REG = "solver", "sinkhorn_reg"
+INTERP_SIZE, INTERP_GROUPING, INTERP_IMPORTANCE = "fusion_size", "grouping", "importance"
+REPAIR, BN_RESET, DEVICE = "repair", "bn_reset", "device"
+FT_EPOCHS, FT_LR, FT_OPTIMIZER, FT_PARENTS = "finetune_epochs", "finetune_lr", "optimizer", "finetune_parents"
+FT_DISTILL, FT_TEMPERATURE = "distill", "distill_temperature"
+
+# --------------------------------------------------------------------------------- the other widgets
 SOURCE_KIND = "source_kind"        # "demo" | "upload" | "paths"
 DEMO_KEY = "demo_key"              # a key of zoo.DEMO_PAIRS
 DATASET = "dataset"                # for uploads / paths (a demo pair brings its own)
@@ -33,64 +81,35 @@ DATA_ROOT = "data_root"
 ARCH_A, ARCH_B = "arch_a", "arch_b"    # optional arch specs for .pt files whose arch cannot be inferred
 PATH_A, PATH_B = "path_a", "path_b"
 UPLOAD_A, UPLOAD_B = "upload_a", "upload_b"   # file_uploader widgets (not re-assignable)
-
-COST = "cost"
-PROBE_SIZE = "probe_size"
-PROBE_SIZES = [None, 100, 200, 500, 1000, 2000, 5000]   # None: the dataset's default
-ACTIVATION = "activation"
-CONV_FEATURES = "conv_features"
-PIN_FIRST = "pin_first"
-PIN_LAST = "pin_last"
 COMPARE = "compare_metrics"
-
-BALANCE = "balance"
-METHOD = "method"
-GROUND_METRIC = "ground_metric"
-GROUND_ACTIVATION = "ground_activation"
-GROUND_CONV_FEATURES = "ground_conv_features"
-INSERTED_WEIGHT = "inserted_weight"
-SOLVER = "solver"
-SINKHORN_REG = "sinkhorn_reg"
-FUSION_WEIGHT = "fusion_weight"
-DEVICE = "device"
-REPAIR = "repair"
-BN_RESET = "bn_reset"
 PLAN_GROUP = "plan_group"
-INTERP_SIZE = "interp_fusion_size"
-INTERP_GROUPING = "interp_grouping"
-INTERP_IMPORTANCE = "interp_importance"
-
-#: option name of each fusion method → the widget key holding it
-METHOD_WIDGETS: dict[str, dict[str, str]] = {
-    "ot": {"ground_metric": GROUND_METRIC, "solver": SOLVER, "sinkhorn_reg": SINKHORN_REG,
-           "ground_activation": GROUND_ACTIVATION, "ground_conv_features": GROUND_CONV_FEATURES},
-    "interp": {"fusion_size": INTERP_SIZE, "grouping": INTERP_GROUPING, "importance": INTERP_IMPORTANCE},
-}
-
-FT_EPOCHS = "ft_epochs"
-FT_LR = "ft_lr"
-FT_OPTIMIZER = "ft_optimizer"
-FT_PARENTS = "ft_parents"
-FT_DISTILL = "ft_distill"
-FT_TEMPERATURE = "ft_temperature"
-
 HEATMAP = "align_heatmap"          # the clickable cost heatmap (its selection state)
+CMP_POINTS = "cmp_points"          # Compare page: points per barrier curve
+CMP_EPOCHS = "cmp_epochs"          # Compare page: the short finetune every method gets
+CMP_SET = "cmp_set"                # Compare page: the demo set for many-model fusion
+
+#: the options of every widget that offers a fixed list: the widget and a link's check both read them
+OPTIONS: dict[str, tuple] = {
+    COST: tuple(METRICS),
+    PROBE_SIZE: (AUTO, 100, 200, 500, 1000, 2000, 5000),     # auto: the dataset's default
+    ACTIVATION: ("post", "pre"), CONV_FEATURES: tuple(CONV_MODES),
+    BALANCE: BALANCE_METHODS, METHOD: tuple(METHODS), INSERTED_WEIGHT: INSERTED_WEIGHTS, GROUND_METRIC: otfusion.GROUND_METRICS,
+    GROUND_ACTIVATION: otfusion.GROUND_ACTIVATIONS, GROUND_CONV_FEATURES: otfusion.GROUND_CONV_FEATURES,
+    SOLVER: otfusion.SOLVERS,
+    SINKHORN_REG: (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+    INTERP_SIZE: (200, 500, 1000, 2000, 4000), INTERP_GROUPING: GROUPINGS, INTERP_IMPORTANCE: IMPORTANCES,
+    DEVICE: DEVICES, FT_OPTIMIZER: OPTIMIZERS,
+    FT_LR: (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), FT_TEMPERATURE: (1.0, 2.0, 4.0, 8.0),
+    CMP_POINTS: (3, 5, 7, 11, 21),
+}
+#: the (min, max) of every number input
+LIMITS: dict[str, tuple[int, int]] = {FT_EPOCHS: (1, 200), CMP_EPOCHS: (0, 20)}
 
 WIDGET_DEFAULTS: dict[str, object] = {
-    SOURCE_KIND: "demo", DEMO_KEY: zoo.DEFAULT_PAIR, DATASET: _DEFAULT["dataset"], DATA_ROOT: "",
-    ARCH_A: "", ARCH_B: "", PATH_A: "", PATH_B: "",
-    COST: _DEFAULT["cost"], PROBE_SIZE: _DEFAULT["probe_size"], ACTIVATION: _DEFAULT["activation"],
-    CONV_FEATURES: _DEFAULT["conv_features"], PIN_FIRST: _DEFAULT["pin_first"], PIN_LAST: _DEFAULT["pin_last"],
-    COMPARE: False,
-    BALANCE: _DEFAULT["balance"], METHOD: _DEFAULT["method"], GROUND_METRIC: _DEFAULT["ground_metric"],
-    GROUND_ACTIVATION: _DEFAULT["ground_activation"], GROUND_CONV_FEATURES: _DEFAULT["ground_conv_features"],
-    INSERTED_WEIGHT: _DEFAULT["inserted_weight"], SOLVER: _DEFAULT["solver"],
-    SINKHORN_REG: _DEFAULT["sinkhorn_reg"], FUSION_WEIGHT: _DEFAULT["fusion_weight"], DEVICE: _DEFAULT["device"],
-    REPAIR: _DEFAULT["repair"], BN_RESET: _DEFAULT["bn_reset"],
-    INTERP_SIZE: InterpOptions().fusion_size, INTERP_GROUPING: InterpOptions().grouping,
-    INTERP_IMPORTANCE: InterpOptions().importance,
-    FT_EPOCHS: 5, FT_LR: _DEFAULT["finetune_lr"], FT_OPTIMIZER: _DEFAULT["optimizer"], FT_PARENTS: False,
-    FT_DISTILL: _DEFAULT["distill"], FT_TEMPERATURE: _DEFAULT["distill_temperature"],
+    **{name: _held(name, CONFIG_DEFAULTS[name]) for name in CONFIG_NAMES}, **APP_DEFAULTS,
+    SOURCE_KIND: "demo", DEMO_KEY: zoo.DEFAULT_PAIR, DATASET: CONFIG_DEFAULTS["dataset"], DATA_ROOT: "",
+    ARCH_A: "", ARCH_B: "", PATH_A: "", PATH_B: "", COMPARE: False,
+    CMP_POINTS: 11, CMP_EPOCHS: 2, CMP_SET: next(iter(zoo.DEMO_SETS)),
 }
 
 # ---------------------------------------------------------------------------------------- plain keys
@@ -99,7 +118,6 @@ UPLOADED = "uploaded_bytes"        # {sha256: bytes} of the uploaded checkpoints
 OVERRIDE = "override"              # (pair id, per-stage matching) of the what-if, or absent
 OVERRIDE_REV = "override_rev"      # bumped when the matching changes outside its widgets
 RESULT = "fusion_result"           # (pair id, FusionResult) of the last fusion run
-LAST_CLICK = "last_heatmap_click"  # the heatmap cell last applied, so a selection is applied once
 
 
 @dataclass(frozen=True)
@@ -162,24 +180,51 @@ def uploaded_bytes(key: str) -> bytes | None:
     return st.session_state.get(UPLOADED, {}).get(key)
 
 
+def _section(name: str) -> str:
+    """The part of the run config a flat name belongs to (a method's option names: "fusion")."""
+    return FLAT_NAMES[name][0] if name in FLAT_NAMES else "run" if name in ("seed", "device") else "fusion"
+
+
+def _values(*sections: str) -> dict[str, object]:
+    """The session's settings of those config sections (of the fusion options, the chosen method's only)."""
+    method = st.session_state[METHOD]
+    return {name: _given(name, st.session_state[name]) for name in CONFIG_NAMES
+            if _section(name) in sections and OPTION_NAMES.get(name, method) == method}
+
+
 def alignment_config(pair: PairChoice) -> FusionConfig:
     """The settings that determine the cost matrix and the DP alignment (nothing else varies)."""
-    return FusionConfig.from_flat(dataset=pair.dataset, data_root=pair.data_root, cost=st.session_state[COST],
-                        probe_size=st.session_state[PROBE_SIZE], activation=st.session_state[ACTIVATION],
-                        conv_features=st.session_state[CONV_FEATURES], pin_first=bool(st.session_state[PIN_FIRST]),
-                        pin_last=bool(st.session_state[PIN_LAST]))
+    return FusionConfig.from_flat(dataset=pair.dataset, data_root=pair.data_root, **_values("probe", "alignment"))
 
 
 def fusion_config(pair: PairChoice) -> FusionConfig:
-    """The alignment settings plus the Fusion page's, with the what-if matching if there is one; only the
-    chosen method's option widgets apply."""
-    method = st.session_state[METHOD]
-    options = {name: st.session_state[key] for name, key in METHOD_WIDGETS[method].items()}
-    return alignment_config(pair).replace(balance=st.session_state[BALANCE], method=method,
-                                          inserted_weight=st.session_state[INSERTED_WEIGHT],
-                                          fusion_weight=float(st.session_state[FUSION_WEIGHT]),
-                                          device=st.session_state[DEVICE], repair=bool(st.session_state[REPAIR]),
-                                          bn_reset=bool(st.session_state[BN_RESET]), mapping=override(pair), **options)
+    """Every setting of a one-shot fusion (the library's defaults for finetuning, which the Finetune page
+    sets), with the what-if matching if there is one; only the chosen method's options apply."""
+    return FusionConfig.from_flat(dataset=pair.dataset, data_root=pair.data_root, mapping=override(pair),
+                                  **_values("probe", "alignment", "balancing", "fusion", "repair", "run"))
+
+
+def finetune_settings() -> dict[str, object]:
+    """The Finetune page's settings, as :func:`clafusion_core.pipeline.finetune_result` takes them."""
+    values = _values("finetune")
+    return {"epochs": int(values[FT_EPOCHS]), "lr": float(values[FT_LR]), "optimizer": values[FT_OPTIMIZER],
+            "parents": bool(values[FT_PARENTS]), "distill": float(values[FT_DISTILL]),
+            "temperature": float(values[FT_TEMPERATURE])}
+
+
+def ignored(pair: PairChoice, family: str) -> set[str]:
+    """The settings that change nothing under the others (their widgets are disabled): the library's
+    rule (:meth:`FusionConfig.ignored`), and the other fusion methods' options."""
+    config = fusion_config(pair).replace(**_values("finetune"))
+    return config.ignored(family) | (set(CONFIG_NAMES) - set(config.flat()))
+
+
+def balance_options(methods: tuple[str, ...]) -> tuple[str, ...]:
+    """The balancings the models allow (``balancing.balance_methods``); a choice they do not allow (e.g.
+    from a link made for MLPs) falls back to the first."""
+    if st.session_state[BALANCE] not in methods:
+        st.session_state[BALANCE] = methods[0]
+    return methods
 
 
 def override(pair: PairChoice) -> tuple[tuple[int, ...], ...] | None:
@@ -224,57 +269,41 @@ def store_result(pair: PairChoice, fusion: FusionResult) -> None:
 
 # ------------------------------------------------------------------------- shareable URL (query string)
 # The settings that determine a result are written to the URL's query string on every run and read
-# back when a session starts, so a link reproduces a setup. Only values that differ from the defaults
-# are written (short links). Uploaded checkpoints cannot travel in a URL; demo pairs and local paths do.
+# back when a session starts, so a link reproduces a setup: the networks chosen (demo pair or local
+# paths, dataset), every run-config setting under its flat name, and the Compare page's curve settings.
+# Only values that differ from the defaults are written (short links). Uploaded checkpoints cannot
+# travel in a URL; demo pairs and local paths do.
 URL_RESTORED = "url_restored"      # plain key: this session's URL has been read
 URL_IGNORED = "url_ignored"        # plain key: query-string entries that could not be used
-CMP_POINTS = "cmp_points"          # Compare page: points per barrier curve
-CMP_EPOCHS = "cmp_epochs"          # Compare page: the short finetune every method gets
-CMP_SET = "cmp_set"                # Compare page: the demo set for many-model fusion
-COMPARE_DEFAULTS: dict[str, object] = {CMP_POINTS: 11, CMP_EPOCHS: 2, CMP_SET: next(iter(zoo.DEMO_SETS))}
 MATCH = "match"                    # query-string name of the what-if matching: stages "_", units "-"
+CHOICE_FIELDS: dict[str, tuple[str, object]] = {
+    "src": (SOURCE_KIND, str), "pair": (DEMO_KEY, str), "a": (PATH_A, str), "b": (PATH_B, str),
+    "arch_a": (ARCH_A, str), "arch_b": (ARCH_B, str), "dataset": (DATASET, str), "root": (DATA_ROOT, str)}
+CHOICE_OPTIONS = {SOURCE_KIND: ("demo", "paths"), DEMO_KEY: tuple(zoo.DEMO_PAIRS), DATASET: tuple(DATASETS)}
+PATH_FIELDS = ("a", "b", "arch_a", "arch_b", "dataset", "root")   # a demo pair brings its own dataset
 
 
 def url_fields() -> dict[str, tuple[str, object]]:
-    """Query-string name → (session key, the allowed values or the type the text parses to)."""
-    from clafusion_core.activations import CONV_MODES
-    from clafusion_core.balancing import BALANCE_METHODS
-    from clafusion_core.data import DATASETS
-    from clafusion_core.devices import DEVICES
-    from clafusion_core.methods import METHODS
-    from clafusion_core import otfusion
-    from clafusion_core.config import INSERTED_WEIGHTS
-    from clafusion_core.similarity import METRICS
-
-    return {
-        "src": (SOURCE_KIND, ("demo", "paths")), "pair": (DEMO_KEY, tuple(zoo.DEMO_PAIRS)),
-        "a": (PATH_A, str), "b": (PATH_B, str), "arch_a": (ARCH_A, str), "arch_b": (ARCH_B, str),
-        "dataset": (DATASET, tuple(DATASETS)), "root": (DATA_ROOT, str),
-        "cost": (COST, tuple(METRICS)), "probe": (PROBE_SIZE, tuple(PROBE_SIZES)), "act": (ACTIVATION, ("post", "pre")),
-        "conv": (CONV_FEATURES, tuple(CONV_MODES)), "pin_first": (PIN_FIRST, bool), "pin_last": (PIN_LAST, bool),
-        "balance": (BALANCE, tuple(BALANCE_METHODS)), "method": (METHOD, tuple(METHODS)),
-        "ground": (GROUND_METRIC, otfusion.GROUND_METRICS), "ground_act": (GROUND_ACTIVATION, otfusion.GROUND_ACTIVATIONS),
-        "ground_conv": (GROUND_CONV_FEATURES, otfusion.GROUND_CONV_FEATURES),
-        "inserted": (INSERTED_WEIGHT, tuple(INSERTED_WEIGHTS)), "solver": (SOLVER, otfusion.SOLVERS),
-        "reg": (SINKHORN_REG, float), "s": (FUSION_WEIGHT, float), "repair": (REPAIR, bool),
-        "bn_reset": (BN_RESET, bool), "device": (DEVICE, tuple(DEVICES)),
-        "points": (CMP_POINTS, int), "cmp_epochs": (CMP_EPOCHS, int),
-    }
+    """Query-string name → (session key, the type its text parses to): the networks chosen, every
+    run-config setting (its flat name and annotated type, from the library), the Compare page's."""
+    config_types = flat_types()
+    return {**CHOICE_FIELDS, **{name: (name, config_types[name]) for name in CONFIG_NAMES},
+            "points": (CMP_POINTS, int), "cmp_epochs": (CMP_EPOCHS, int)}
 
 
 def _encode(value: object) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
-    return "auto" if value is None else str(value)
+    return str(value)
 
 
-def _decode(text: str, kind: object) -> object:
-    """The value ``text`` stands for under ``kind``; ValueError when it stands for none."""
-    if isinstance(kind, tuple):
-        for value in kind:
-            if _encode(value) == text:
-                return value
-        raise ValueError(text)
+def _parse(text: str, kind: object) -> object:
+    """The session value ``text`` stands for under the type ``kind`` (``int | None``: "auto" is :data:`AUTO`);
+    ValueError when it stands for none."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if text == AUTO and type(None) in typing.get_args(kind):
+            return AUTO
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
     if kind is bool:
         if text not in ("0", "1"):
             raise ValueError(text)
@@ -282,20 +311,31 @@ def _decode(text: str, kind: object) -> object:
     return kind(text)
 
 
-def _defaults() -> dict[str, object]:
-    return {**WIDGET_DEFAULTS, **COMPARE_DEFAULTS}
+def _check(key: str, value: object) -> None:
+    """ValueError unless ``value`` is one the widget of ``key`` offers and, for a run-config setting, the
+    library accepts."""
+    allowed = OPTIONS.get(key) or CHOICE_OPTIONS.get(key)
+    low, high = LIMITS.get(key, (None, None))
+    if allowed is not None and value not in allowed or low is not None and not low <= value <= high:
+        raise ValueError(value)
+    if key in CONFIG_NAMES:
+        owner = {"method": OPTION_NAMES[key]} if key in OPTION_NAMES else {}
+        try:
+            FusionConfig.from_flat(**owner, **{key: _given(key, value)})
+        except (FusionError, TypeError) as error:
+            raise ValueError(value) from error
 
 
 def url_state() -> dict[str, str]:
     """The query string for the current session: every URL setting that differs from its default,
     the pair always, and the what-if matching when there is one."""
-    defaults, params = _defaults(), {}
+    params = {}
     for name, (key, _) in url_fields().items():
-        value = st.session_state.get(key, defaults[key])
-        if value != defaults[key] or name in ("src", "pair"):
+        value = st.session_state.get(key, WIDGET_DEFAULTS[key])
+        if value != WIDGET_DEFAULTS[key] or name in ("src", "pair"):
             params[name] = _encode(value)
     if st.session_state.get(SOURCE_KIND) != "paths":
-        for name in ("a", "b", "arch_a", "arch_b", "dataset", "root"):   # a demo pair brings its own dataset
+        for name in PATH_FIELDS:
             params.pop(name, None)
     pair = st.session_state.get(PAIR)
     matching = override(pair) if pair is not None else None
@@ -314,9 +354,12 @@ def restore_url_state(params: dict[str, str]) -> list[str]:
             continue
         key, kind = fields[name]
         try:
-            st.session_state[key] = _decode(text, kind)
+            value = _parse(text, kind)
+            _check(key, value)
         except ValueError:
             ignored.append(name)
+        else:
+            st.session_state[key] = value
     if st.session_state[SOURCE_KIND] == "demo" and "pair" in params and "pair" not in ignored:
         set_choice(demo_choice(st.session_state[DEMO_KEY]))
         if MATCH in params:
@@ -330,12 +373,7 @@ def restore_url_state(params: dict[str, str]) -> list[str]:
 
 
 def sync_url() -> None:
-    """Read the URL once per session (a shared link), then keep it up to date on every run.
-
-    Streamlit clears the query string when the user moves to another page, so every page writes it.
-    """
-    for key, default in COMPARE_DEFAULTS.items():
-        st.session_state.setdefault(key, default)
+    """Read the URL once per session (a shared link), then keep it up to date on every run."""
     if URL_RESTORED not in st.session_state:
         st.session_state[URL_RESTORED] = True
         st.session_state[URL_IGNORED] = restore_url_state(st.query_params.to_dict())

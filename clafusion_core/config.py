@@ -137,6 +137,20 @@ SECTIONS = {"probe": ProbeConfig, "alignment": AlignmentConfig, "balancing": Bal
             "fusion": MethodConfig, "repair": RepairConfig, "finetune": FinetuneConfig}
 
 
+def flat_types() -> dict[str, object]:
+    """Every flat name, the options of every registered method included, → its annotated type (e.g.
+    ``int | None`` for ``probe_size``): what a text from a form or a link parses to."""
+    from typing import get_type_hints
+
+    from .methods import METHODS
+
+    types = {name: get_type_hints(SECTIONS[section])[attribute] for name, (section, attribute) in FLAT_NAMES.items()}
+    for method in METHODS.values():
+        types.update(get_type_hints(method.options_type))
+    top = get_type_hints(FusionConfig)
+    return {**types, "seed": top["seed"], "device": top["device"]}
+
+
 @dataclass(frozen=True)
 class FusionConfig:
     """Everything that determines a fusion run (saved in ``result.json`` to rerun it)."""
@@ -191,6 +205,19 @@ class FusionConfig:
         out = {name: getattr(getattr(self, section), attribute) for name, (section, attribute) in FLAT_NAMES.items()}
         out.update(asdict(self.fusion.options), seed=self.seed, device=self.device)
         return out
+
+    def ignored(self, family: str) -> set[str]:
+        """The flat names that change nothing in a run with these settings on models of ``family`` (the
+        app disables their widgets): the inserted-layer rule without identity layers, conv-map choices for
+        MLPs, the temperature without distillation, and the options the method's settings bypass."""
+        unused = set(self.fusion.options.ignored())
+        if self.balancing.method != "add":
+            unused.add("inserted_weight")
+        if family == "mlp":   # no feature maps
+            unused |= {"conv_features", "ground_conv_features"}
+        if self.finetune.distill == 0:
+            unused.add("distill_temperature")
+        return unused
 
     # --------------------------------------------------------------------------- stage keys and views
 

@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from app_support import state
+from app_support import labels, state
 from clafusion_core import checkpoints, pipeline
 from clafusion_core.checkpoints import checkpoint_bytes, load_checkpoint
 from clafusion_core.config import FinetuneConfig
@@ -28,7 +28,8 @@ from clafusion_core.devices import cuda_available
 from clafusion_core.models import build_model
 
 APP = ROOT / "app.py"
-PAGES = ["pages/1_Alignment.py", "pages/2_Fusion.py", "pages/3_Finetune.py"]
+HOME = labels.PAGES["home"].file
+PAGES = [labels.PAGES[key].file for key in ("alignment", "fusion", "finetune")]
 TIMEOUT = 240
 
 
@@ -93,7 +94,7 @@ def test_choosing_another_demo_pair_persists_across_pages():
     assert_clean(at)
     assert at.session_state[state.PAIR].refs[0].demo == "mlp-same"
     assert len(heatmap_spec(at)["data"][0]["z"]) == 3  # a 3 x 3 cost matrix
-    at.switch_page("app.py").run()
+    at.switch_page(HOME).run()
     assert at.selectbox(key=state.DEMO_KEY).value == "mlp-same"
 
 
@@ -106,6 +107,7 @@ def test_page_opened_directly_falls_back_to_the_default_pair(page):
     assert_clean(at)
     assert not at_errors(at)
     assert any("default demo pair" in i for i in texts(at.info)), texts(at.info)
+    assert any("the default, until you choose on Home" in c for c in texts(at.sidebar.caption))  # the router's sidebar
     assert at.get("plotly_chart") or page.endswith("2_Fusion.py")  # Fusion waits for its Run button
 
     assert at.title[0].value.startswith(page.split("/")[1][0])   # "1 · Alignment", ...
@@ -462,3 +464,29 @@ def test_merge_balancing_is_offered_for_mlps_and_runs(home):
     fusion = at.session_state[state.RESULT][1]
     assert fusion.balanced.removed and fusion.accuracy["balanced_a"] is not None
     at.radio(key=state.BALANCE).set_value("add").run()
+
+
+def test_widgets_of_settings_that_change_nothing_are_disabled(home):
+    """The library's rule (``FusionConfig.ignored``) decides: the regularisation only matters for Sinkhorn, the
+    inserted-layer rule only where balancing inserts identities, the other method's options not at all."""
+    at = home
+    at.switch_page(PAGES[1]).run()
+    assert at.select_slider(key=state.SINKHORN_REG).proto.disabled and not at.radio(key=state.SOLVER).proto.disabled
+    at.radio(key=state.SOLVER).set_value("sinkhorn").run()
+    assert not at.select_slider(key=state.SINKHORN_REG).proto.disabled
+    at.radio(key=state.BALANCE).set_value("merge").run()
+    assert at.radio(key=state.INSERTED_WEIGHT).proto.disabled
+    at.selectbox(key=state.METHOD).set_value("interp").run()
+    assert_clean(at)
+    assert at.radio(key=state.SOLVER).proto.disabled and at.select_slider(key=state.INTERP_SIZE)
+    for key, value in ((state.METHOD, "ot"), (state.BALANCE, "add"), (state.SOLVER, "emd")):
+        (at.selectbox if key == state.METHOD else at.radio)(key=key).set_value(value).run()
+
+
+def test_a_cnn_pair_offers_add_balancing_only_even_from_a_link():
+    at = fresh()
+    at.query_params.update({"pair": "cnn", "balance": "merge"})
+    at.switch_page(PAGES[1]).run()
+    assert_clean(at)
+    assert at.radio(key=state.BALANCE).options == [labels.BALANCE_LABELS["add"]]
+    assert at.session_state[state.BALANCE] == "add"

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from app_support import state
+from app_support import labels, state
 
 ROOT = Path(__file__).resolve().parents[1]
 
 APP = ROOT / "app.py"
-COMPARE, FUSION = "pages/4_Compare.py", "pages/2_Fusion.py"
+COMPARE, FUSION = labels.PAGES["compare"].file, labels.PAGES["fusion"].file
 TIMEOUT = 240
 
 
@@ -44,8 +44,8 @@ def test_a_shared_url_restores_the_same_setup():
     at.slider(key=state.FUSION_WEIGHT).set_value(0.3).run()
     assert_clean(at)
     link = dict(at.query_params)
-    assert link == {"src": "demo", "pair": "mlp-same", "ground": "weights", "solver": "sinkhorn", "repair": "0",
-                    "s": "0.3"}
+    assert link == {"src": "demo", "pair": "mlp-same", "ground_metric": "weights", "solver": "sinkhorn", "repair": "0",
+                    "fusion_weight": "0.3"}
 
     shared = fresh(link)
     shared.switch_page(COMPARE).run()            # opened straight on another page, in a new session
@@ -58,12 +58,31 @@ def test_a_shared_url_restores_the_same_setup():
 
 
 def test_a_link_with_values_the_app_cannot_use_falls_back_and_says_which():
-    at = fresh({"pair": "mlp-same", "cost": "nope", "s": "half"})
+    """Names it does not know, texts of the wrong type, values the library refuses (s = 2, a negative ridge),
+    values no widget offers (a regularisation off the slider, 0 epochs), an uploaded source."""
+    bad = {"cost": "nope", "s": "0.3", "fusion_weight": "2", "probe_size": "half", "ridge": "-1", "sinkhorn_reg": "0.003",
+           "finetune_epochs": "0", "src": "upload"}
+    at = fresh({"pair": "mlp-same", **bad, "probe_seed": "3"})
     at.switch_page(COMPARE).run()
     assert not at.exception
-    assert any("cost, s could not be used" in w.value for w in at.warning), [w.value for w in at.warning]
-    assert at.session_state[state.COST] == state.WIDGET_DEFAULTS[state.COST]
+    assert any(f"{', '.join(bad)} could not be used" in w.value for w in at.warning), [w.value for w in at.warning]
+    for key in (state.COST, state.FUSION_WEIGHT, state.PROBE_SIZE, "ridge", state.SINKHORN_REG, state.FT_EPOCHS):
+        assert at.session_state[key] == state.WIDGET_DEFAULTS[key], key
+    assert at.session_state["probe_seed"] == 3
     assert at.session_state[state.PAIR].refs[0].demo == "mlp-same"
+
+
+def test_a_link_carries_every_run_setting_even_those_without_a_widget():
+    """The URL fields come from the library's config: options no widget shows travel too, and the run uses them."""
+    at = fresh({"pair": "mlp-same", "input_scaling": "sum", "probe_seed": "4", "probe_size": "200", "marginals": "importance"})
+    at.switch_page(FUSION).run()
+    assert_clean(at)
+    click(at, "Run fusion")
+    config = at.session_state[state.RESULT][1].config
+    assert (config.fusion.options.input_scaling, config.fusion.options.marginals) == ("sum", "importance")
+    assert (config.probe.seed, config.probe.size) == (4, 200)
+    assert dict(at.query_params) == {"src": "demo", "pair": "mlp-same", "input_scaling": "sum", "probe_seed": "4",
+                                     "probe_size": "200", "marginals": "importance"}
 
 
 def test_the_compare_page_opened_directly_falls_back_to_the_default_pair():
