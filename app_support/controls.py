@@ -101,6 +101,9 @@ def fusion(pair: PairChoice, loaded: LoadedPair) -> None:
                        "none); kept only if it improves validation accuracy.")
         st.toggle("Reset BatchNorm statistics", key=state.BN_RESET, persist_state="session",
                   help="Recompute BatchNorm running statistics of the fused model on training data.")
+        st.number_input("Seed", *state.LIMITS[state.SEED], step=1, key=state.SEED, persist_state="session",
+                        help="The run's seed (`seed` in result.json): it fixes the finetuning's batch order, on the "
+                             "Finetune and Compare pages; the one-shot fusion itself does not draw random numbers.")
 
 
 def finetune(pair: PairChoice, family: str) -> None:

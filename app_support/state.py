@@ -72,6 +72,7 @@ INTERP_SIZE, INTERP_GROUPING, INTERP_IMPORTANCE = "fusion_size", "grouping", "im
 REPAIR, BN_RESET, DEVICE = "repair", "bn_reset", "device"
 FT_EPOCHS, FT_LR, FT_OPTIMIZER, FT_PARENTS = "finetune_epochs", "finetune_lr", "optimizer", "finetune_parents"
 FT_DISTILL, FT_TEMPERATURE = "distill", "distill_temperature"
+SEED = "seed"
 
 # --------------------------------------------------------------------------------- the other widgets
 SOURCE_KIND = "source_kind"        # "demo" | "upload" | "paths"
@@ -103,7 +104,7 @@ OPTIONS: dict[str, tuple] = {
     CMP_POINTS: (3, 5, 7, 11, 21),
 }
 #: the (min, max) of every number input
-LIMITS: dict[str, tuple[int, int]] = {FT_EPOCHS: (1, 200), CMP_EPOCHS: (0, 20)}
+LIMITS: dict[str, tuple[int, int]] = {FT_EPOCHS: (1, 200), CMP_EPOCHS: (0, 20), SEED: (0, 2**32 - 1)}
 
 WIDGET_DEFAULTS: dict[str, object] = {
     **{name: _held(name, CONFIG_DEFAULTS[name]) for name in CONFIG_NAMES}, **APP_DEFAULTS,

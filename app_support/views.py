@@ -133,8 +133,8 @@ def finetune_text(config: FusionConfig) -> str:
     """The finetune's settings in a sentence."""
     f = config.finetune
     teacher = f"distilled from the parents (weight {f.distill:g}, T = {f.temperature:g})" if f.distill > 0 else "labels only"
-    return (f"{f.epochs} epoch(s), learning rate {f.lr}, {OPTIMIZER_LABELS[f.optimizer]}, {teacher}; "
-            "the best validation epoch is kept.")
+    return (f"{f.epochs} epoch(s), learning rate {f.lr}, {OPTIMIZER_LABELS[f.optimizer]}, {teacher}, seed "
+            f"{config.seed} (the fusion run's); the best validation epoch is kept.")
 
 
 def finetune_accuracies(fusion: FusionResult) -> dict[str, float | None]:

@@ -108,3 +108,25 @@ def test_the_compare_page_draws_the_barrier_and_renders_the_method_table():
                                          "Vanilla averaging (no alignment)"]
     assert table["one-shot %"].notna().all() and len(table) >= 6
     assert {d.label for d in at.get("download_button")} >= {"Download barrier.json", "Download compare.json"}
+
+
+def test_a_shared_url_with_a_seed_restores_it_and_the_run_uses_it(mlp_pair, digits):
+    """The seed travels in the link; the fusion records it and the finetune's batch order follows it: the app's
+    validation curve is the library's with that seed, and not the one with the default seed."""
+    from clafusion_core.config import FusionConfig
+    from clafusion_core.pipeline import run_fusion
+
+    at = fresh({"pair": "mlp", "seed": "7"})
+    at.switch_page(FUSION).run()
+    assert_clean(at)
+    assert at.number_input(key=state.SEED).value == 7
+    click(at, "Run fusion")
+    assert at.session_state[state.RESULT][1].config.seed == 7
+    at.switch_page(labels.PAGES["finetune"].file).run()
+    at.number_input(key=state.FT_EPOCHS).set_value(1).run()
+    click(at, "Finetune")
+    fusion = at.session_state[state.RESULT][1]
+    assert fusion.to_json()["seed"] == 7 and dict(at.query_params)["seed"] == "7"
+    for seed, same in ((7, True), (0, False)):   # the validation curve after epoch 1 depends on the batch order
+        library = run_fusion(*mlp_pair, digits, FusionConfig.from_flat(seed=seed, finetune_epochs=1))
+        assert (library.histories["fused"] == fusion.histories["fused"]) == same, (seed, library.histories)
