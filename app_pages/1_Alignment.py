@@ -12,6 +12,8 @@ def render() -> None:
     ui.page_header("alignment")
     pair, loaded = cached.pair_in_use()
     controls.alignment(pair, loaded)
+    if pair.many:
+        controls.viewed(pair, loaded)
     config = state.alignment_config(pair)
     with ui.user_errors():
         dp = cached.alignment(loaded, config)

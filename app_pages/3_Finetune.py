@@ -4,7 +4,7 @@ import json
 
 import streamlit as st
 
-from app_support import cached, controls, labels, runs, state, ui, views
+from app_support import cached, controls, runs, state, ui, views
 from clafusion_core import pipeline, plots
 from clafusion_core.checkpoints import checkpoint_bytes
 
@@ -26,16 +26,14 @@ def render() -> None:
         live.empty()
         state.store_result(pair, fusion)
 
-    acc, tuned, parents_tuned = fusion.accuracy, views.finetuned(fusion), views.parents_finetuned(fusion)
+    acc, tuned = fusion.accuracy, views.finetuned(fusion)
     m = st.columns(4)
     m[0].metric("Fused + finetuned", ui.percent(acc["fused_finetuned"]) if tuned else "—",
                 delta=f"{100 * (acc['fused_finetuned'] - acc['fused']):+.1f} pp vs one-shot" if tuned else None,
                 help=None if tuned else "Press Finetune.")
     m[1].metric("Fused (one-shot)", ui.percent(acc["fused"]))
-    for column, name in zip(m[2:], ("model_a", "model_b")):
-        key = f"{name}_finetuned" if parents_tuned else name
-        column.metric(ui.capitalised(labels.ACCURACY_LABELS[key]), ui.percent(acc[key]),
-                      delta=f"{100 * (acc[key] - acc[name]):+.1f} pp" if parents_tuned else None)
+    for column, (label, value, change) in zip(m[2:], views.finetune_parent_metrics(fusion)):
+        column.metric(ui.capitalised(label), ui.percent(value), delta=None if change is None else f"{100 * change:+.1f} pp")
     if tuned:
         st.caption(views.finetune_text(fusion.config))
     else:

@@ -106,17 +106,6 @@ def metrics_section(rows, chosen_metric: str) -> None:
     st.dataframe(compare.metric_records(rows), hide_index=True)
 
 
-def many_section(outcome) -> None:
-    if outcome is None:
-        return
-    accuracy = outcome.accuracy
-    shown = {f"model {k + 1}" + (" (target)" if k == outcome.reference else ""): a
-             for k, a in enumerate(accuracy["parents"])}
-    shown.update({"ensemble": accuracy["ensemble"], "vanilla": accuracy["vanilla"], "fused": accuracy["fused"]})
-    ui.chart(plots.accuracy_bars(shown, title=f"{len(outcome.models)} models fused into one"), key="compare_many")
-    _json_download("Download many.json", outcome.to_json(), "many.json", "download_many")
-
-
 def bundle_text(fusion: FusionResult) -> str:
     """What the bundle holds and the command that reruns it."""
     accuracy = fusion.accuracy

@@ -12,15 +12,16 @@ import streamlit as st
 from clafusion_core.balancing import balance_methods
 from clafusion_core.data import default_probe_size
 from clafusion_core.devices import cuda_available, device_label
+from clafusion_core.many import allowed_references
 from clafusion_core.methods import METHODS
 from clafusion_core.similarity import METRIC_LABELS
 
 from . import labels, state
 from .cached import LoadedPair
-from .state import OPTIONS, PairChoice
+from .state import OPTIONS, Choice
 
 
-def alignment(pair: PairChoice, loaded: LoadedPair) -> None:
+def alignment(pair: Choice, loaded: LoadedPair) -> None:
     """Cost metric, probe size, activations, pins and (for conv models) how conv maps become features."""
     off = state.ignored(pair, loaded.model_a.spec.family)
     conv = state.CONV_FEATURES not in off     # the models have feature maps
@@ -44,7 +45,7 @@ def alignment(pair: PairChoice, loaded: LoadedPair) -> None:
                       help="Average each channel over space, or keep every position as a feature.")
 
 
-def fusion(pair: PairChoice, loaded: LoadedPair) -> None:
+def fusion(pair: Choice, loaded: LoadedPair) -> None:
     """Method, balancing, inserted layers; the method's options; weight, device, repair and BatchNorm reset."""
     balancings = state.balance_options(balance_methods(loaded.model_a))
     off = state.ignored(pair, loaded.model_a.spec.family)
@@ -92,7 +93,9 @@ def fusion(pair: PairChoice, loaded: LoadedPair) -> None:
                          help="Relative to the normalised cost: larger = smoother, less permutation-like plans.")
     with right:
         st.slider("Fusion weight s (share of B)", 0.0, 1.0, step=0.05, key=state.FUSION_WEIGHT, persist_state="session",
-                  help="W = (1 − s)·aligned A + s·B; s = 0 gives the aligned A, s = 1 gives B.")
+                  disabled=state.FUSION_WEIGHT in off,
+                  help="W = (1 − s)·aligned A + s·B; s = 0 gives the aligned A, s = 1 gives B. More than two networks "
+                       "take their weights below instead.")
         st.radio("Device", OPTIONS[state.DEVICE], format_func=labels.DEVICE_LABELS.get, key=state.DEVICE,
                  persist_state="session", horizontal=True, help="auto = CUDA when present.")
         st.caption(f"{'✅' if cuda_available() else '—'} {device_label()}")
@@ -106,7 +109,7 @@ def fusion(pair: PairChoice, loaded: LoadedPair) -> None:
                              "Finetune and Compare pages; the one-shot fusion itself does not draw random numbers.")
 
 
-def finetune(pair: PairChoice, family: str) -> None:
+def finetune(pair: Choice, family: str) -> None:
     """Epochs, learning rate, optimiser, distillation (weight, temperature), the parents' fair baseline."""
     off = state.ignored(pair, family)
     left, middle, right = st.columns(3, gap="large")
@@ -122,7 +125,8 @@ def finetune(pair: PairChoice, family: str) -> None:
                          help="Higher values soften the parents' outputs more, exposing their ranking of the wrong "
                               "classes.")
     st.checkbox("Also finetune the parents for the same epochs (the fair baseline; three times the time)",
-                key=state.FT_PARENTS, persist_state="session")
+                key=state.FT_PARENTS, persist_state="session", disabled=state.FT_PARENTS in off,
+                help="For two networks; with more, the fused model alone is finetuned.")
 
 
 def compare() -> None:
@@ -132,3 +136,34 @@ def compare() -> None:
                        persist_state="session", help="Values of t from 0 (model A) to 1 (model B).")
     right.number_input("Finetuning epochs per method", *state.LIMITS[state.CMP_EPOCHS], step=1, key=state.CMP_EPOCHS,
                        persist_state="session", help="The same short finetune for every fused model (0: one-shot only).")
+
+
+def network_label(choice: Choice, index: int, target: int | None = None) -> str:
+    """"Network 2 — name", marked when it is the target."""
+    return f"Network {index + 1} — {choice.refs[index].name}" + (" (target)" if index == target else "")
+
+
+def viewed(choice: Choice, loaded: LoadedPair) -> None:
+    """More than two networks: which one the pairwise views show against the target."""
+    others = [k for k in range(len(choice.refs)) if k != loaded.target]
+    st.selectbox("Network shown against the target", others, key=state.VIEW, persist_state="session",
+                 format_func=lambda k: network_label(choice, k),
+                 help=f"The heatmap, the balanced architecture and the plans are pairwise: the target, "
+                      f"{network_label(choice, loaded.target)}, and the network chosen here.")
+
+
+def target_and_weights(choice: Choice, loaded: LoadedPair) -> None:
+    """More than two networks: the target (the networks balancing allows, or auto) and each one's weight."""
+    allowed = allowed_references(loaded.models, st.session_state[state.BALANCE])
+    st.selectbox("Target (the fused model takes its architecture)", [state.AUTO, *allowed], key=state.REFERENCE,
+                 persist_state="session",
+                 format_func=lambda k: f"auto — {network_label(choice, allowed[0])}" if k == state.AUTO
+                 else network_label(choice, k),
+                 help="Balancing brings every network to the target's depth: a deepest one with 'add', a shallowest "
+                      "with 'merge'.")
+    weights = state.network_weights(len(choice.refs)) or (1.0,) * len(choice.refs)
+    for start in range(0, len(choice.refs), 3):
+        for column, k in zip(st.columns(3), range(start, min(len(choice.refs), start + 3))):
+            column.number_input(f"Weight of network {k + 1}", min_value=0.0, value=weights[k], step=0.5,
+                                key=state.WEIGHT_KEYS[k], on_change=state.weights_changed, args=(len(choice.refs),),
+                                help="Shares of the networks in the average (normalised; equal by default).")

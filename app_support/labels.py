@@ -147,7 +147,7 @@ matching is fused: the metric whose matching looks cleanest is not always the on
 }
 
 # ---------------------------------------------------------------------------------- option names
-SOURCES = {"demo": "Demo pair", "upload": "Upload checkpoints", "paths": "Local paths"}
+SOURCES = {"demo": "Demo pair", "set": "Demo set", "upload": "Upload checkpoints", "paths": "Local paths"}
 DATASET_LABELS = {"digits": "digits — built in, 8×8 (no files needed)", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
                   "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 CHECKPOINT_TYPES = ["safetensors", "pt", "pth"]

@@ -1,12 +1,11 @@
-"""Choosing the networks (a demo pair, uploads, local paths) and showing them side by side (Home).
+"""Choosing the networks (a demo pair or set, uploads, local paths: two to six) and showing them side by
+side (Home).
 
-A candidate choice is loaded and checked (models, their compatibility, the dataset) before it replaces
-the one in use; on any error the message is shown and the choice in use stays as it was.
+A candidate choice is loaded and checked (``cached.commit``: models, their compatibility, the dataset)
+before it replaces the one in use; on any error the message is shown and the choice in use stays as it was.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import streamlit as st
 
@@ -14,7 +13,7 @@ from clafusion_core import data, pipeline, plots, zoo
 from clafusion_core.checkpoints import MAX_UPLOAD_BYTES
 
 from . import cached, labels, state, ui, views
-from .state import ModelRef, PairChoice
+from .state import ModelRef, Choice
 
 
 def choose() -> None:
@@ -27,16 +26,16 @@ def choose() -> None:
     uploaded: dict[str, bytes] = {}
     if kind == "demo":
         candidate = _demo_candidate()
-    elif kind == "upload":
-        candidate, uploaded = _upload_candidate()
+    elif kind == "set":
+        candidate = _set_candidate()
     else:
-        candidate = _paths_candidate()
-    first = st.session_state.get(state.PAIR) is None
-    if candidate is not None and (first or candidate.id != current.id) and _commit(candidate, uploaded):
+        candidate, uploaded = _files_candidate(kind)
+    first = st.session_state.get(state.CHOICE) is None
+    if candidate is not None and (first or candidate.id != current.id) and cached.commit(candidate, uploaded):
         st.rerun()
     pair, _ = state.choice()
     if kind != pair.kind:
-        st.caption(f"The app keeps using the {pair.label} until both networks load.")
+        st.caption(f"The app keeps using the {pair.label} until at least two networks load.")
 
 
 def _dataset_inputs() -> tuple[str, str | None]:
@@ -52,11 +51,10 @@ def _dataset_inputs() -> tuple[str, str | None]:
                      help="A local folder in torchvision's layout (MNIST/raw, FashionMNIST/raw, "
                           "cifar-10-batches-py, cifar-100-python) or the four MNIST-style *-ubyte(.gz) files. "
                           "Nothing is downloaded.")
-    root = st.session_state[state.DATA_ROOT].strip() if dataset != "digits" else ""
-    return dataset, (str(Path(root).expanduser()) if root else None)
+    return dataset, state.data_root()
 
 
-def _demo_candidate() -> PairChoice:
+def _demo_candidate() -> Choice:
     st.selectbox("Demo pair", list(zoo.DEMO_PAIRS), key=state.DEMO_KEY, persist_state="session",
                  format_func=lambda key: zoo.DEMO_PAIRS[key].title)
     pair = zoo.DEMO_PAIRS[st.session_state[state.DEMO_KEY]]
@@ -65,70 +63,68 @@ def _demo_candidate() -> PairChoice:
     return state.demo_choice(pair.key)
 
 
-def _upload_candidate() -> tuple[PairChoice | None, dict[str, bytes]]:
-    st.caption(f"`.safetensors` (as exported by this app or the CLI) or PyTorch `.pt` / `.pth` state_dicts, "
-               f"up to {MAX_UPLOAD_BYTES // 2**20} MB each. Pickled code is never run.")
-    refs, uploaded = [], {}
-    for slot, (column, upload_key, arch_key) in enumerate(zip(st.columns(2), (state.UPLOAD_A, state.UPLOAD_B),
-                                                             (state.ARCH_A, state.ARCH_B))):
-        with column:
-            file = st.file_uploader(f"Network {slot + 1}", type=labels.CHECKPOINT_TYPES, key=upload_key)
-            st.text_input(labels.ARCH_SPEC, key=arch_key, persist_state="session",
-                          placeholder=labels.ARCH_PLACEHOLDER,
-                          help="Needed only for .pt files whose layout is not recognised.")
-            if file is not None:
-                content = file.getvalue()
-                key = cached.upload_key(content)
-                uploaded[key] = content
-                refs.append(ModelRef("upload", file.name, key, arch=st.session_state[arch_key].strip() or None,
-                                     slot=slot))
+def _set_candidate() -> Choice:
+    st.selectbox("Demo set", list(zoo.DEMO_SETS), key=state.SET_KEY, persist_state="session",
+                 format_func=lambda key: zoo.DEMO_SETS[key].title)
+    demo = zoo.DEMO_SETS[st.session_state[state.SET_KEY]]
+    st.caption(f"{demo.description} " + ", ".join(f"`{a}`" for a in demo.archs) + f", trained on *{demo.dataset}*. "
+               "The first use trains the set (seconds); later uses read it from the disk cache.")
+    return state.set_choice_of(demo.key)
+
+
+def _files_candidate(kind: str) -> tuple[Choice | None, dict[str, bytes]]:
+    """Uploads (``kind`` "upload") or local paths ("paths"): one slot per network, two to
+    :data:`state.MAX_NETWORKS`; the filled slots (at least two) are the candidate."""
+    if kind == "upload":
+        st.caption(f"`.safetensors` (as exported by this app or the CLI) or PyTorch `.pt` / `.pth` state_dicts, "
+                   f"up to {MAX_UPLOAD_BYTES // 2**20} MB each. Pickled code is never run.")
+    count, refs, uploaded = st.session_state[state.NETWORKS], [], {}
+    for start in range(0, count, 3):
+        for column, slot in zip(st.columns(3), range(start, min(count, start + 3))):
+            with column:
+                ref, content = _slot(kind, slot)
+            if ref is not None:
+                refs.append(ref)
+                if content is not None:
+                    uploaded[ref.key] = content
+    add, remove, _ = st.columns([1, 1, 2])
+    add.button("Add a network", icon=":material/add:", on_click=_resize, args=(1,),
+               disabled=count >= state.MAX_NETWORKS, help=f"Fuse up to {state.MAX_NETWORKS} networks onto one target.")
+    remove.button("Remove the last", icon=":material/remove:", on_click=_resize, args=(-1,), disabled=count <= 2)
     dataset, root = _dataset_inputs()
-    if len(refs) < 2:
-        return None, uploaded
-    label = f"uploaded {refs[0].name} and {refs[1].name}"
-    return PairChoice("upload", tuple(refs), dataset, root, label), uploaded  # type: ignore[arg-type]
+    return (cached.files_choice(kind, refs, dataset, root) if len(refs) >= 2 else None), uploaded
 
 
-def _paths_candidate() -> PairChoice | None:
-    refs = []
-    for slot, (column, path_key, arch_key) in enumerate(zip(st.columns(2), (state.PATH_A, state.PATH_B),
-                                                           (state.ARCH_A, state.ARCH_B))):
-        with column:
-            st.text_input(f"Network {slot + 1} — checkpoint path", key=path_key, persist_state="session",
-                          placeholder="/path/to/model.safetensors")
-            st.text_input(labels.ARCH_SPEC, key=arch_key, persist_state="session",
-                          placeholder=labels.ARCH_PLACEHOLDER)
-            path = st.session_state[path_key].strip()
-            if path:
-                with ui.user_errors(stop=False):
-                    expanded = str(Path(path).expanduser())
-                    refs.append(ModelRef("path", path, cached.path_key(expanded),
-                                         arch=st.session_state[arch_key].strip() or None, slot=slot, path=expanded))
-    dataset, root = _dataset_inputs()
-    if len(refs) < 2:
-        return None
-    return PairChoice("paths", tuple(refs), dataset, root, f"{refs[0].name} and {refs[1].name}")  # type: ignore[arg-type]
+def _resize(step: int) -> None:
+    st.session_state[state.NETWORKS] += step
 
 
-def _commit(candidate: PairChoice, uploaded: dict[str, bytes]) -> bool:
-    """Load and check the candidate (models, their compatibility, the dataset); use it if all is well."""
-    previous = st.session_state.get(state.UPLOADED)
-    st.session_state[state.UPLOADED] = {**(previous or {}), **uploaded}  # load_model reads them here
-    ok = False
-    with ui.user_errors(stop=False):
-        cached.load_pair(candidate)
-        cached.splits(candidate.dataset, candidate.data_root)
-        ok = True
-    if ok:
-        state.set_choice(candidate, uploaded)
+def _slot(kind: str, slot: int) -> tuple[ModelRef | None, bytes | None]:
+    """One network's widgets (a file uploader or a path, and its optional arch spec) and what they name."""
+    arch_key = state.ARCH_KEYS[slot]
+    if kind == "upload":
+        file = st.file_uploader(f"Network {slot + 1}", type=labels.CHECKPOINT_TYPES, key=state.UPLOAD_KEYS[slot])
     else:
-        st.session_state[state.UPLOADED] = previous or {}
-    return ok
+        st.text_input(f"Network {slot + 1} — checkpoint path", key=state.PATH_KEYS[slot], persist_state="session",
+                      placeholder="/path/to/model.safetensors")
+    st.text_input(labels.ARCH_SPEC, key=arch_key, persist_state="session", placeholder=labels.ARCH_PLACEHOLDER,
+                  help="Needed only for .pt files whose layout is not recognised.")
+    arch = st.session_state[arch_key].strip() or None
+    if kind == "upload":
+        if file is None:
+            return None, None
+        content = file.getvalue()
+        return ModelRef("upload", file.name, cached.upload_key(content), arch=arch, slot=slot), content
+    path = st.session_state[state.PATH_KEYS[slot]].strip()
+    if path:
+        with ui.user_errors(stop=False):
+            return cached.path_ref(path, arch, slot), None
+    return None, None
 
 
 # ---------------------------------------------------------------------------------------- showing
 
-def _model_card(title: str, ref: ModelRef, model, pair: PairChoice) -> None:
+def _model_card(title: str, ref: ModelRef, model, choice: Choice) -> None:
     description = pipeline.describe_model(model)
     st.markdown(f"#### {title}")
     st.caption(ref.name)
@@ -136,20 +132,28 @@ def _model_card(title: str, ref: ModelRef, model, pair: PairChoice) -> None:
     c1.metric("Depth", description["depth"], help="Alignable layers (hidden layers, conv layers or residual blocks).")
     c2.metric("Parameters", f"{description['params']:,}")
     with ui.user_errors(stop=False):
-        c3.metric("Test accuracy", ui.percent(cached.test_accuracy(ref, model, pair)))
+        c3.metric("Test accuracy", ui.percent(cached.test_accuracy(ref, model, choice)))
     st.markdown(f"**Arch** `{description['arch']}`")
     st.markdown(f"**Widths per layer** {views.widths_text(model)}")
 
 
-def show(pair: PairChoice) -> None:
-    """Both networks side by side (arch, depth, widths, parameters, test accuracy) and their boxes."""
+def show(choice: Choice) -> None:
+    """The networks side by side (arch, depth, widths, parameters, test accuracy); for a pair, their boxes."""
     with ui.user_errors():
-        loaded = cached.load_pair(pair)
+        loaded = cached.load_pair(choice)
+    if choice.many:
+        for start in range(0, len(choice.refs), 3):
+            for column, k in zip(st.columns(3, gap="large"), range(start, min(len(choice.refs), start + 3))):
+                with column:
+                    _model_card(f"Network {k + 1}", choice.refs[k], loaded.models[k], choice)
+        st.caption("Each network is aligned and balanced onto one target (the first, or the deepest, by default; "
+                   "choose it and the weights on the Fusion page) and then averaged with the others.")
+        return
     left, right = st.columns(2, gap="large")
     with left:
-        _model_card("A — the deeper network", loaded.ref_a, loaded.model_a, pair)
+        _model_card("A — the deeper network", loaded.ref_a, loaded.model_a, choice)
     with right:
-        _model_card("B — the shallower network", loaded.ref_b, loaded.model_b, pair)
+        _model_card("B — the shallower network", loaded.ref_b, loaded.model_b, choice)
     if loaded.swapped:
         st.caption("Network 2 is the deeper one, so it plays model A (the rows of the cost matrix).")
     fig = plots.architecture_diagram(views.stage_widths(loaded.model_a), views.stage_widths(loaded.model_b))

@@ -6,7 +6,7 @@ Two kinds of keys:
   ``app.py`` on every run, before any page) gives each its default once, so every page can read every
   choice even before the page owning the widget was opened; the widgets use
   ``persist_state="session"``, so a value survives visits to pages that do not show the widget;
-* **plain keys** — objects the pages store: the chosen pair (:class:`PairChoice`), the bytes of the
+* **plain keys** — objects the pages store: the chosen pair (:class:`Choice`), the bytes of the
   uploaded checkpoints, the what-if matching and the last fusion result.
 
 Pages read the choices through the functions below (``choice()``, ``alignment_config()``,
@@ -18,6 +18,7 @@ from __future__ import annotations
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
@@ -73,21 +74,27 @@ REPAIR, BN_RESET, DEVICE = "repair", "bn_reset", "device"
 FT_EPOCHS, FT_LR, FT_OPTIMIZER, FT_PARENTS = "finetune_epochs", "finetune_lr", "optimizer", "finetune_parents"
 FT_DISTILL, FT_TEMPERATURE = "distill", "distill_temperature"
 SEED = "seed"
+REFERENCE, WEIGHTS = "reference", "weights"   # N networks: the target (auto: the library's rule), the shares
 
 # --------------------------------------------------------------------------------- the other widgets
-SOURCE_KIND = "source_kind"        # "demo" | "upload" | "paths"
+SOURCE_KIND = "source_kind"        # "demo" | "set" | "upload" | "paths"
 DEMO_KEY = "demo_key"              # a key of zoo.DEMO_PAIRS
+SET_KEY = "set_key"                # a key of zoo.DEMO_SETS
 DATASET = "dataset"                # for uploads / paths (a demo pair brings its own)
 DATA_ROOT = "data_root"
-ARCH_A, ARCH_B = "arch_a", "arch_b"    # optional arch specs for .pt files whose arch cannot be inferred
-PATH_A, PATH_B = "path_a", "path_b"
-UPLOAD_A, UPLOAD_B = "upload_a", "upload_b"   # file_uploader widgets (not re-assignable)
+MAX_NETWORKS = 6
+NETWORKS = "networks"              # how many upload / path slots Home shows (2 to MAX_NETWORKS)
+SLOTS = "abcdef"[:MAX_NETWORKS]    # each slot's letter (its URL names: a, arch_a, ...)
+ARCH_KEYS = [f"arch_{slot}" for slot in SLOTS]    # optional arch specs for .pt files whose arch cannot be inferred
+PATH_KEYS = [f"path_{slot}" for slot in SLOTS]
+UPLOAD_KEYS = [f"upload_{slot}" for slot in SLOTS]   # file_uploader widgets (not re-assignable)
+WEIGHT_KEYS = [f"weight_{slot}" for slot in SLOTS]   # N networks: each one's weight (mirrored in WEIGHTS)
+VIEW = "view_network"              # N networks: the one the pairwise views show against the target
 COMPARE = "compare_metrics"
 PLAN_GROUP = "plan_group"
 HEATMAP = "align_heatmap"          # the clickable cost heatmap (its selection state)
 CMP_POINTS = "cmp_points"          # Compare page: points per barrier curve
 CMP_EPOCHS = "cmp_epochs"          # Compare page: the short finetune every method gets
-CMP_SET = "cmp_set"                # Compare page: the demo set for many-model fusion
 
 #: the options of every widget that offers a fixed list: the widget and a link's check both read them
 OPTIONS: dict[str, tuple] = {
@@ -108,38 +115,38 @@ LIMITS: dict[str, tuple[int, int]] = {FT_EPOCHS: (1, 200), CMP_EPOCHS: (0, 20), 
 
 WIDGET_DEFAULTS: dict[str, object] = {
     **{name: _held(name, CONFIG_DEFAULTS[name]) for name in CONFIG_NAMES}, **APP_DEFAULTS,
-    SOURCE_KIND: "demo", DEMO_KEY: zoo.DEFAULT_PAIR, DATASET: CONFIG_DEFAULTS["dataset"], DATA_ROOT: "",
-    ARCH_A: "", ARCH_B: "", PATH_A: "", PATH_B: "", COMPARE: False,
-    CMP_POINTS: 11, CMP_EPOCHS: 2, CMP_SET: next(iter(zoo.DEMO_SETS)),
+    SOURCE_KIND: "demo", DEMO_KEY: zoo.DEFAULT_PAIR, SET_KEY: next(iter(zoo.DEMO_SETS)),
+    DATASET: CONFIG_DEFAULTS["dataset"], DATA_ROOT: "", NETWORKS: 2, **dict.fromkeys(ARCH_KEYS + PATH_KEYS, ""),
+    COMPARE: False, VIEW: 1, CMP_POINTS: 11, CMP_EPOCHS: 2,
 }
 
 # ---------------------------------------------------------------------------------------- plain keys
-PAIR = "pair"                      # PairChoice: the two networks and the dataset in use
+CHOICE = "choice"                  # Choice: the networks and the dataset in use
 UPLOADED = "uploaded_bytes"        # {sha256: bytes} of the uploaded checkpoints in use
-OVERRIDE = "override"              # (pair id, per-stage matching) of the what-if, or absent
+OVERRIDE = "override"              # (choice id, per-stage matching) of the what-if (two networks), or absent
 OVERRIDE_REV = "override_rev"      # bumped when the matching changes outside its widgets
-RESULT = "fusion_result"           # (pair id, FusionResult) of the last fusion run
+RESULT = "fusion_result"           # (choice id, FusionResult or many.ManyResult) of the last fusion run
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """One network of the chosen pair: where it comes from and the key its caches use."""
+    """One network of the choice: where it comes from and the key its caches use."""
 
-    kind: str                  # "demo" | "upload" | "path"
+    kind: str                  # "demo" | "set" | "upload" | "path"
     name: str                  # what the user sees (pair title + A/B, a file name, a path)
-    key: str                   # cache key: "demo:<pair>:a", the upload's sha256, "path:<abs>:<mtime>:<size>"
+    key: str                   # cache key: "demo:<pair>:0", "set:<set>:2", the upload's sha256, "path:<abs>:<mtime>:<size>"
     arch: str | None = None    # the user's arch spec, for .pt files whose arch cannot be inferred
-    demo: str | None = None    # the demo pair (kind "demo")
-    slot: int = 0              # 0 = first network of the pair, 1 = second
+    demo: str | None = None    # the demo pair or set (kinds "demo", "set")
+    slot: int = 0              # its place among the networks given, from 0
     path: str | None = None    # the local file (kind "path")
 
 
 @dataclass(frozen=True)
-class PairChoice:
-    """The two networks and the dataset every page works on."""
+class Choice:
+    """The networks (two or more, in the order given) and the dataset every page works on."""
 
-    kind: str                  # "demo" | "upload" | "paths"
-    refs: tuple[ModelRef, ModelRef]
+    kind: str                  # "demo" | "set" | "upload" | "paths"
+    refs: tuple[ModelRef, ...]
     dataset: str
     data_root: str | None
     label: str
@@ -148,12 +155,25 @@ class PairChoice:
     def id(self) -> str:
         return "|".join([*(r.key for r in self.refs), self.dataset, self.data_root or ""])
 
+    @property
+    def many(self) -> bool:
+        """More than two networks: fused onto a target with weights (``many.fuse_many``)."""
+        return len(self.refs) > 2
 
-def demo_choice(key: str = zoo.DEFAULT_PAIR) -> PairChoice:
+
+def demo_choice(key: str = zoo.DEFAULT_PAIR) -> Choice:
     pair = zoo.DEMO_PAIRS[key]
     refs = tuple(ModelRef("demo", f"{pair.title} — {'AB'[slot]} ({arch})", f"demo:{key}:{slot}", demo=key, slot=slot)
                  for slot, arch in enumerate((pair.arch_a, pair.arch_b)))
-    return PairChoice("demo", refs, pair.dataset, None, f"demo pair “{pair.title}”")  # type: ignore[arg-type]
+    return Choice("demo", refs, pair.dataset, None, f"demo pair “{pair.title}”")
+
+
+def set_choice_of(key: str) -> Choice:
+    """The networks of a demo set (:data:`zoo.DEMO_SETS`)."""
+    demo = zoo.DEMO_SETS[key]
+    refs = tuple(ModelRef("set", f"{demo.title} — {slot + 1} ({arch})", f"set:{key}:{slot}", demo=key, slot=slot)
+                 for slot, arch in enumerate(demo.archs))
+    return Choice("set", refs, demo.dataset, None, f"demo set “{demo.title}”")
 
 
 def init() -> None:
@@ -163,18 +183,24 @@ def init() -> None:
             st.session_state[key] = default
 
 
-def choice() -> tuple[PairChoice, bool]:
-    """The chosen pair, and whether it is the default demo pair standing in for a choice never made."""
-    pair = st.session_state.get(PAIR)
+def choice() -> tuple[Choice, bool]:
+    """The chosen networks, and whether the default demo pair stands in for a choice never made."""
+    pair = st.session_state.get(CHOICE)
     if pair is None:
         return demo_choice(), True
     return pair, False
 
 
-def set_choice(pair: PairChoice, uploaded: dict[str, bytes] | None = None) -> None:
+def set_choice(pair: Choice, uploaded: dict[str, bytes] | None = None) -> None:
     """Make ``pair`` the pair every page uses (forgetting results that belong to another pair)."""
-    st.session_state[PAIR] = pair
+    st.session_state[CHOICE] = pair
     st.session_state[UPLOADED] = dict(uploaded or {})
+
+
+def data_root() -> str | None:
+    """The dataset folder given for uploads and local paths (none for the built-in digits)."""
+    root = st.session_state[DATA_ROOT].strip() if st.session_state[DATASET] != "digits" else ""
+    return str(Path(root).expanduser()) if root else None
 
 
 def uploaded_bytes(key: str) -> bytes | None:
@@ -193,16 +219,57 @@ def _values(*sections: str) -> dict[str, object]:
             if _section(name) in sections and OPTION_NAMES.get(name, method) == method}
 
 
-def alignment_config(pair: PairChoice) -> FusionConfig:
+def alignment_config(pair: Choice) -> FusionConfig:
     """The settings that determine the cost matrix and the DP alignment (nothing else varies)."""
     return FusionConfig.from_flat(dataset=pair.dataset, data_root=pair.data_root, **_values("probe", "alignment"))
 
 
-def fusion_config(pair: PairChoice) -> FusionConfig:
+def fusion_config(pair: Choice) -> FusionConfig:
     """Every setting of a one-shot fusion (the library's defaults for finetuning, which the Finetune page
-    sets), with the what-if matching if there is one; only the chosen method's options apply."""
-    return FusionConfig.from_flat(dataset=pair.dataset, data_root=pair.data_root, mapping=override(pair),
-                                  **_values("probe", "alignment", "balancing", "fusion", "repair", "run"))
+    sets), with the what-if matching if there is one; only the chosen method's options apply. More than
+    two networks take the target and weights, two the fusion weight s."""
+    values = _values("probe", "alignment", "balancing", "fusion", "repair", "run")
+    values[WEIGHTS] = network_weights(len(pair.refs)) if pair.many else None
+    if not pair.many:
+        values[REFERENCE] = None
+    return FusionConfig.from_flat(dataset=pair.dataset, data_root=pair.data_root, mapping=override(pair), **values)
+
+
+def pair_config(pair: Choice) -> FusionConfig:
+    """The settings of the pairwise views (the Compare page): the pair's, or for more than two networks the
+    target's and the viewed network's, without the N-network target and weights."""
+    return fusion_config(pair).replace(reference=None, weights=None)
+
+
+def network_weights(count: int) -> tuple[float, ...] | None:
+    """The weights of ``count`` networks (1 where none was given); None when they are all equal."""
+    given = _given(WEIGHTS, st.session_state[WEIGHTS]) or ()
+    values = tuple(float(given[k]) if k < len(given) else 1.0 for k in range(count))
+    return None if len(set(values)) == 1 else values
+
+
+def weights_changed(count: int) -> None:
+    """The weight widgets' ``on_change``: mirror them in :data:`WEIGHTS` (before the run, so the URL has them)."""
+    values = tuple(float(st.session_state.get(WEIGHT_KEYS[k], 1.0)) for k in range(count))
+    st.session_state[WEIGHTS] = AUTO if len(set(values)) == 1 else values
+
+
+def target(models: list, allowed: list[int]) -> int:
+    """The target among ``models``: the chosen one if balancing allows it (``allowed``, from
+    ``many.allowed_references``), else the library's default; a choice not allowed falls back to auto."""
+    chosen = _given(REFERENCE, st.session_state[REFERENCE])
+    if chosen is not None and chosen not in allowed:
+        st.session_state[REFERENCE] = AUTO
+        chosen = None
+    return allowed[0] if chosen is None else chosen
+
+
+def viewed(count: int, target_index: int) -> int:
+    """The network the pairwise views (heatmap, balancing, plans, Compare) show against the target."""
+    view = st.session_state[VIEW]
+    if not 0 <= view < count or view == target_index:
+        st.session_state[VIEW] = view = next(k for k in range(count) if k != target_index)
+    return view
 
 
 def finetune_settings() -> dict[str, object]:
@@ -213,11 +280,13 @@ def finetune_settings() -> dict[str, object]:
             "temperature": float(values[FT_TEMPERATURE])}
 
 
-def ignored(pair: PairChoice, family: str) -> set[str]:
+def ignored(pair: Choice, family: str) -> set[str]:
     """The settings that change nothing under the others (their widgets are disabled): the library's
-    rule (:meth:`FusionConfig.ignored`), and the other fusion methods' options."""
+    rule (:meth:`FusionConfig.ignored`), the other fusion methods' options, and for two networks the target
+    and weights, for more the pairwise weight s and the parents' baseline finetune."""
     config = fusion_config(pair).replace(**_values("finetune"))
-    return config.ignored(family) | (set(CONFIG_NAMES) - set(config.flat()))
+    by_count = {FUSION_WEIGHT, FT_PARENTS} if pair.many else {REFERENCE, WEIGHTS}
+    return config.ignored(family) | (set(CONFIG_NAMES) - set(config.flat())) | by_count
 
 
 def balance_options(methods: tuple[str, ...]) -> tuple[str, ...]:
@@ -228,15 +297,16 @@ def balance_options(methods: tuple[str, ...]) -> tuple[str, ...]:
     return methods
 
 
-def override(pair: PairChoice) -> tuple[tuple[int, ...], ...] | None:
-    """The user's per-stage matching for this pair, or None to use the DP's."""
+def override(pair: Choice) -> tuple[tuple[int, ...], ...] | None:
+    """The user's per-stage matching for this pair, or None to use the DP's (always, for more than two
+    networks: one matching cannot serve every pairing with the target)."""
     stored = st.session_state.get(OVERRIDE)
-    if stored and stored[0] == pair.id:
+    if stored and stored[0] == pair.id and not pair.many:
         return stored[1]
     return None
 
 
-def set_override(pair: PairChoice, mapping: list[list[int]] | tuple | None, *, from_widget: bool = False) -> None:
+def set_override(pair: Choice, mapping: list[list[int]] | tuple | None, *, from_widget: bool = False) -> None:
     """Store (or with None, drop) the what-if matching; ``from_widget`` keeps the widgets as they are."""
     if mapping is None:
         st.session_state.pop(OVERRIDE, None)
@@ -255,7 +325,7 @@ def same_fusion(a: FusionConfig, b: FusionConfig) -> bool:
     return a.fusion_key() == b.fusion_key()
 
 
-def result(pair: PairChoice) -> FusionResult | None:
+def result(pair: Choice) -> FusionResult | None:
     """The last fusion result of this pair, or None."""
     stored = st.session_state.get(RESULT)
     if stored and stored[0] == pair.id:
@@ -263,7 +333,7 @@ def result(pair: PairChoice) -> FusionResult | None:
     return None
 
 
-def store_result(pair: PairChoice, fusion: FusionResult) -> None:
+def store_result(pair: Choice, fusion: FusionResult) -> None:
     st.session_state[RESULT] = (pair.id, fusion)
 
 
@@ -278,10 +348,15 @@ URL_RESTORED = "url_restored"      # plain key: this session's URL has been read
 URL_IGNORED = "url_ignored"        # plain key: query-string entries that could not be used
 MATCH = "match"                    # query-string name of the what-if matching: stages "_", units "-"
 CHOICE_FIELDS: dict[str, tuple[str, object]] = {
-    "src": (SOURCE_KIND, str), "pair": (DEMO_KEY, str), "a": (PATH_A, str), "b": (PATH_B, str),
-    "arch_a": (ARCH_A, str), "arch_b": (ARCH_B, str), "dataset": (DATASET, str), "root": (DATA_ROOT, str)}
-CHOICE_OPTIONS = {SOURCE_KIND: ("demo", "paths"), DEMO_KEY: tuple(zoo.DEMO_PAIRS), DATASET: tuple(DATASETS)}
-PATH_FIELDS = ("a", "b", "arch_a", "arch_b", "dataset", "root")   # a demo pair brings its own dataset
+    "src": (SOURCE_KIND, str), "pair": (DEMO_KEY, str), "set": (SET_KEY, str),
+    **{slot: (key, str) for slot, key in zip(SLOTS, PATH_KEYS)},
+    **{f"arch_{slot}": (key, str) for slot, key in zip(SLOTS, ARCH_KEYS)},
+    "dataset": (DATASET, str), "root": (DATA_ROOT, str)}
+CHOICE_OPTIONS = {SOURCE_KIND: ("demo", "set", "paths"), DEMO_KEY: tuple(zoo.DEMO_PAIRS), SET_KEY: tuple(zoo.DEMO_SETS),
+                  DATASET: tuple(DATASETS)}
+#: the choice fields each source writes (the others' stay out of the link; demos bring their own dataset)
+SOURCE_FIELDS = {"demo": ("pair",), "set": ("set",),
+                 "paths": (*SLOTS, *(f"arch_{slot}" for slot in SLOTS), "dataset", "root")}
 
 
 def url_fields() -> dict[str, tuple[str, object]]:
@@ -295,7 +370,7 @@ def url_fields() -> dict[str, tuple[str, object]]:
 def _encode(value: object) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
-    return str(value)
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
 
 
 def _parse(text: str, kind: object) -> object:
@@ -309,6 +384,8 @@ def _parse(text: str, kind: object) -> object:
         if text not in ("0", "1"):
             raise ValueError(text)
         return text == "1"
+    if typing.get_origin(kind) is tuple:          # e.g. the weights: "1,1,2"
+        return tuple(typing.get_args(kind)[0](part) for part in text.split(","))
     return kind(text)
 
 
@@ -330,15 +407,14 @@ def _check(key: str, value: object) -> None:
 def url_state() -> dict[str, str]:
     """The query string for the current session: every URL setting that differs from its default,
     the pair always, and the what-if matching when there is one."""
-    params = {}
+    source, params = st.session_state.get(SOURCE_KIND), {}
+    hidden = {name for kind, names in SOURCE_FIELDS.items() if kind != source for name in names}
     for name, (key, _) in url_fields().items():
         value = st.session_state.get(key, WIDGET_DEFAULTS[key])
-        if value != WIDGET_DEFAULTS[key] or name in ("src", "pair"):
+        if name not in hidden and (value != WIDGET_DEFAULTS[key] or name in ("src", *SOURCE_FIELDS["demo"],
+                                                                              *SOURCE_FIELDS["set"])):
             params[name] = _encode(value)
-    if st.session_state.get(SOURCE_KIND) != "paths":
-        for name in PATH_FIELDS:
-            params.pop(name, None)
-    pair = st.session_state.get(PAIR)
+    pair = st.session_state.get(CHOICE)
     matching = override(pair) if pair is not None else None
     if matching is not None:
         params[MATCH] = "_".join("-".join(str(a) for a in stage) for stage in matching)
@@ -361,7 +437,12 @@ def restore_url_state(params: dict[str, str]) -> list[str]:
             ignored.append(name)
         else:
             st.session_state[key] = value
-    if st.session_state[SOURCE_KIND] == "demo" and "pair" in params and "pair" not in ignored:
+    paths = [k for k, slot in enumerate(SLOTS) if slot in params and slot not in ignored]
+    st.session_state[NETWORKS] = max(2, paths[-1] + 1) if paths else 2
+    source = st.session_state[SOURCE_KIND]
+    if source == "set" and "set" in params and "set" not in ignored:
+        set_choice(set_choice_of(st.session_state[SET_KEY]))
+    if source == "demo" and "pair" in params and "pair" not in ignored:
         set_choice(demo_choice(st.session_state[DEMO_KEY]))
         if MATCH in params:
             try:
@@ -369,7 +450,7 @@ def restore_url_state(params: dict[str, str]) -> list[str]:
             except ValueError:
                 ignored.append(MATCH)
             else:
-                set_override(st.session_state[PAIR], stages)
+                set_override(st.session_state[CHOICE], stages)
     return ignored
 
 

@@ -15,7 +15,7 @@ from clafusion_core.devices import device_label
 from clafusion_core.errors import FusionError
 
 from . import labels, state
-from .state import PairChoice
+from .state import Choice
 
 LOG = logging.getLogger("clafusion_app")
 
@@ -67,7 +67,7 @@ def next_page(key: str) -> None:
     st.page_link(page.file, label=page.next_label, icon=":material/arrow_forward:")
 
 
-def pair_note(pair: PairChoice, fell_back: bool) -> None:
+def pair_note(pair: Choice, fell_back: bool) -> None:
     """Say which pair the page works on; a page opened first (bookmark, fresh session) says it uses
     the default demo pair."""
     if fell_back:

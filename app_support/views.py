@@ -87,16 +87,50 @@ def metric_rows(alignments: dict[str, Alignment], names_a: list[str], chosen: st
             for m, a in alignments.items()]
 
 
-def fusion_accuracies(fusion: FusionResult) -> dict[str, float | None]:
-    """The Fusion page's accuracy bars: parents, balanced models, ensemble, vanilla (shown as n/a when the
-    shapes differ) and the fused model before and after repair."""
-    keys = ["model_a", "model_b", "balanced_a", "balanced_b", "ensemble", "vanilla", "fused_plain", "fused"]
-    return {label: value for label, value in accuracy_view(fusion, keys).items()
-            if value is not None or label == ACCURACY_LABELS["vanilla"]}
+def parent_accuracies(fusion) -> dict[str, float]:
+    """Each parent's test accuracy by display name: model A and B of a pair, "network k" (the target
+    marked) of more (a ``many.ManyResult``)."""
+    if isinstance(fusion, FusionResult):
+        return {ACCURACY_LABELS[k]: fusion.accuracy[k] for k in ("model_a", "model_b")}
+    return {f"network {k + 1}" + (" (target)" if k == fusion.reference else ""): accuracy
+            for k, accuracy in enumerate(fusion.accuracy["parents"])}
 
 
-def balancing_text(balanced: Balanced, layer_weights: dict[str, list[float]]) -> str:
+def fusion_accuracies(fusion) -> dict[str, float | None]:
+    """The Fusion page's accuracy bars: parents, balanced models (a pair's), ensemble, vanilla (shown as n/a
+    when the shapes differ) and the fused model before and after repair."""
+    pair_keys = ["balanced_a", "balanced_b"] if isinstance(fusion, FusionResult) else []
+    shown = {**parent_accuracies(fusion), **accuracy_view(fusion, [*pair_keys, "ensemble", "vanilla", "fused_plain",
+                                                                   "fused"])}
+    return {label: value for label, value in shown.items() if value is not None or label == ACCURACY_LABELS["vanilla"]}
+
+
+@dataclass(frozen=True)
+class BalancedView:
+    """One pair after balancing, as the Fusion page draws it: the models (A the deeper), what balancing did,
+    the matching, the per-layer weights where they differ, and whose correspondence the plans show."""
+
+    model_a: nn.Module
+    model_b: nn.Module
+    balanced: Balanced
+    mappings: list[list[int]]
+    layer_weights: dict[str, list[float]]
+    parent: int
+
+
+def balanced_view(fusion, viewed: int) -> BalancedView:
+    """A pair's balancing, or for more networks the viewed network's against the target."""
+    if isinstance(fusion, FusionResult):
+        return BalancedView(fusion.model_a, fusion.model_b, fusion.balanced, fusion.alignment.mappings,
+                            fusion.layer_weights, 0)
+    pair = fusion.pairs[viewed]
+    return BalancedView(pair.model_a, pair.model_b, pair.balanced, pair.alignment.mappings, fusion.layer_weights,
+                        viewed)
+
+
+def balancing_text(view: BalancedView, many: bool = False) -> str:
     """What balancing did (identity layers inserted, layers merged away, nothing) and the per-layer weights."""
+    balanced = view.balanced
     if balanced.inserted:
         text = (f"{len(balanced.inserted)} identity layer(s) (hatched) were inserted into B under the layers of A "
                 "that nothing was matched to; lines join matched layers. " +
@@ -105,10 +139,11 @@ def balancing_text(balanced: Balanced, layer_weights: dict[str, list[float]]) ->
         text = f"{len(balanced.removed)} layer(s) of A (crossed out) were merged into their successors."
     else:
         text = "Both networks were already equally deep: nothing was inserted or removed."
-    if layer_weights:
-        text += (" Per-layer weights (A, B) where they differ from (1 − s, s): " +
-                 ", ".join(f"`{layer}` {w[0]:g} / {w[1]:g}" for layer, w in layer_weights.items()) +
-                 " — the fused layer under each inserted identity is A's own.")
+    if view.layer_weights:
+        text += (f" Per-layer weights ({'of the networks' if many else 'A, B'}) where they differ from the others: " +
+                 ", ".join(f"`{layer}` " + " / ".join(f"{w:.3g}" for w in weights)
+                           for layer, weights in view.layer_weights.items()) +
+                 " — under an inserted identity the fused layer is the deeper networks' own.")
     return text
 
 
@@ -120,13 +155,26 @@ def diagnostics_text(diagnostics: list[dict], group: str) -> list[str]:
             f"{d['mixed_groups']} mixing both parents." for d in diagnostics if d.get("group") == group][-1:]
 
 
-def finetuned(fusion: FusionResult) -> bool:
+def finetuned(fusion) -> bool:
     return fusion.fused_finetuned is not None
 
 
-def parents_finetuned(fusion: FusionResult) -> bool:
-    """Whether the last finetune also trained the parents (the fair baseline)."""
-    return finetuned(fusion) and fusion.config.finetune.parents and fusion.accuracy.get("model_a_finetuned") is not None
+def parents_finetuned(fusion) -> bool:
+    """Whether the last finetune also trained the parents (the fair baseline; a pair's only)."""
+    return (finetuned(fusion) and fusion.config.finetune.parents and isinstance(fusion, FusionResult)
+            and fusion.accuracy.get("model_a_finetuned") is not None)
+
+
+def finetune_parent_metrics(fusion) -> list[tuple[str, float, float | None]]:
+    """The Finetune page's parent metrics (label, accuracy, change): a pair's two (finetuned when they were),
+    or the best of more networks."""
+    if not isinstance(fusion, FusionResult):
+        return [("best parent", max(fusion.accuracy["parents"]), None)]
+    tuned = parents_finetuned(fusion)
+    return [(ACCURACY_LABELS[f"{name}_finetuned" if tuned else name],
+             fusion.accuracy[f"{name}_finetuned" if tuned else name],
+             fusion.accuracy[f"{name}_finetuned"] - fusion.accuracy[name] if tuned else None)
+            for name in ("model_a", "model_b")]
 
 
 def finetune_text(config: FusionConfig) -> str:
@@ -137,13 +185,13 @@ def finetune_text(config: FusionConfig) -> str:
             f"{config.seed} (the fusion run's); the best validation epoch is kept.")
 
 
-def finetune_accuracies(fusion: FusionResult) -> dict[str, float | None]:
+def finetune_accuracies(fusion) -> dict[str, float | None]:
     """The Finetune page's bars: parents (and finetuned parents), the fused model before and after."""
-    keys = ["model_a", "model_b"] + (["model_a_finetuned", "model_b_finetuned"] if parents_finetuned(fusion) else []) \
-        + ["fused"] + (["fused_finetuned"] if finetuned(fusion) else [])
-    return accuracy_view(fusion, keys)
+    tuned = ["model_a_finetuned", "model_b_finetuned"] if parents_finetuned(fusion) else []
+    return {**parent_accuracies(fusion), **accuracy_view(fusion, tuned + ["fused"] + (["fused_finetuned"]
+                                                                                        if finetuned(fusion) else []))}
 
 
-def histories(fusion: FusionResult) -> dict[str, list[float]]:
+def histories(fusion) -> dict[str, list[float]]:
     """The validation curves of the last finetune, by display name (the parents' only when they were trained)."""
     return {RUN_NAMES.get(k, k): v for k, v in fusion.histories.items() if k == "fused" or parents_finetuned(fusion)}

@@ -10,7 +10,7 @@ from clafusion_core.pipeline import Alignment, FusionConfig
 
 from . import cached, state, views
 from .cached import LoadedPair
-from .state import PairChoice
+from .state import Choice
 
 PENDING_CLICK = "alignment_pending_click"
 
@@ -23,10 +23,10 @@ def on_cell_click() -> None:
         st.session_state[PENDING_CLICK] = tuple(int(v) for v in cells[-1])
 
 
-def apply_click(pair: PairChoice, dp: Alignment) -> None:
+def apply_click(pair: Choice, dp: Alignment) -> None:
     """Match the clicked cell's pair of layers in the what-if (a cell across stages is refused)."""
     click = st.session_state.pop(PENDING_CLICK, None)
-    if click is None:
+    if click is None or pair.many:
         return
     where = dp.locate_cell(*click)
     if where is None:
@@ -39,7 +39,7 @@ def apply_click(pair: PairChoice, dp: Alignment) -> None:
     state.set_override(pair, mapping)
 
 
-def checked(pair: PairChoice, loaded: LoadedPair, config: FusionConfig) -> tuple[Alignment | None, str | None]:
+def checked(pair: Choice, loaded: LoadedPair, config: FusionConfig) -> tuple[Alignment | None, str | None]:
     """The what-if matching priced on the cost matrix, or the library's sentence why it is not valid."""
     override = state.override(pair)
     if override is None:
@@ -50,18 +50,22 @@ def checked(pair: PairChoice, loaded: LoadedPair, config: FusionConfig) -> tuple
         return None, str(exc)
 
 
-def _on_pick(pair: PairChoice, base: list[list[int]], stage: int, unit: int, key: str) -> None:
+def _on_pick(pair: Choice, base: list[list[int]], stage: int, unit: int, key: str) -> None:
     mapping = [list(s) for s in base]
     mapping[stage][unit] = st.session_state[key]
     state.set_override(pair, mapping, from_widget=True)
 
 
-def _reset(pair: PairChoice) -> None:
+def _reset(pair: Choice) -> None:
     state.set_override(pair, None)
 
 
-def editor(pair: PairChoice, loaded: LoadedPair, dp: Alignment, mine: Alignment | None, error: str | None) -> None:
+def editor(pair: Choice, loaded: LoadedPair, dp: Alignment, mine: Alignment | None, error: str | None) -> None:
     """One select box per layer of B (its partner in A), the matching's cost against the DP's, and a reset."""
+    if pair.many:
+        st.info("With more than two networks every one is aligned with the target by its own DP: a matching of "
+                "your own applies to a pair of networks only.", icon=":material/info:")
+        return
     override = state.override(pair)
     current = override if override is not None else dp.optimal
     slots = views.whatif_slots(loaded.model_a, loaded.model_b)

@@ -426,17 +426,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _fuse_any_and_report(models, splits, config: FusionConfig, args: argparse.Namespace) -> int:
-    """Two models without ``--reference``: the pairwise fusion (``--weights`` become s); else :func:`fuse_many`."""
+    """Two models without a reference (``--reference`` or the config's): the pairwise fusion (``--weights``
+    become s); else :func:`fuse_many` with the config's reference and weights."""
     if len(models) < 2:
         raise AlignmentError("Give at least two checkpoints to fuse.")
-    if len(models) == 2 and args.reference is None:
-        if args.weights is not None:
-            weights = normalised_weights(args.weights, 2)
+    if len(models) == 2 and config.fusion.reference is None:
+        if config.fusion.weights is not None:
+            weights = normalised_weights(config.fusion.weights, 2)
             swapped = order_pair(*models)[2]   # s is the share of the shallower model (B once ordered)
-            config = config.replace(fusion_weight=weights[0] if swapped else weights[1])
+            config = config.replace(fusion_weight=weights[0] if swapped else weights[1], weights=None)
         return _fuse_and_report(*models, splits, config, args)
     bar, update = _progress_bar(f"fusing {len(models)} models")
-    result = fuse_many(models, splits, config, reference=args.reference, weights=args.weights, progress=update)
+    result = fuse_many(models, splits, config, progress=update)
     bar.close()
     _write_model(args.out, result.fused_finetuned or result.fused.model, config.probe.dataset)
     _write_json(args.json_path, result.to_json())

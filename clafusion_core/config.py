@@ -9,8 +9,9 @@ sub-config     determines                                                  flat 
                                                                            pin_first, pin_last, mapping
 ``balancing``  the balanced pair                                           balance
 ``fusion``     the fused model: method, its options, weights               method, fusion_weight,
-                                                                           inserted_weight, + the method's
-                                                                           option names
+                                                                           inserted_weight, reference,
+                                                                           weights (N models), + the
+                                                                           method's option names
 ``repair``     statistics repair and BatchNorm reset                       repair, bn_reset
 ``finetune``   finetuning (of the fused model and the parents alike)       finetune_epochs, finetune_lr,
                                                                            optimizer, distill,
@@ -91,6 +92,8 @@ class MethodConfig:
     weight: float = 0.5                # s, the weight of model B (the reference)
     inserted: str = "deeper"           # at layers balancing inserted: keep the deeper model's layer, or "average"
     options: object = field(default_factory=_default_options)
+    reference: int | None = None       # N models: the target's index (None: the first, or the deepest / shallowest)
+    weights: tuple[float, ...] | None = None   # N models: their shares as given (normalised when used; None: equal)
 
     def __post_init__(self):
         from .methods import get_method
@@ -102,6 +105,13 @@ class MethodConfig:
             raise AlignmentError("The fusion weight s must lie between 0 (all A) and 1 (all B).")
         if self.inserted not in INSERTED_WEIGHTS:
             raise AlignmentError(f"Unknown inserted-layer weight '{self.inserted}'; choose one of {INSERTED_WEIGHTS}.")
+        if self.reference is not None and (isinstance(self.reference, bool) or not isinstance(self.reference, int)
+                                           or self.reference < 0):
+            raise AlignmentError(f"The reference must be a model's index from 0, not {self.reference}.")
+        if self.weights is not None:
+            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+            if not all(0 <= w < float("inf") for w in self.weights) or sum(self.weights) <= 0:
+                raise AlignmentError("The fusion weights must be non-negative numbers, not all zero, e.g. 1,1,2.")
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
                                                 "mapping")},
     "balance": ("balancing", "method"),
     "method": ("fusion", "name"), "fusion_weight": ("fusion", "weight"), "inserted_weight": ("fusion", "inserted"),
+    "reference": ("fusion", "reference"), "weights": ("fusion", "weights"),
     "repair": ("repair", "statistics"), "bn_reset": ("repair", "bn_reset"),
     "finetune_epochs": ("finetune", "epochs"), "finetune_lr": ("finetune", "lr"), "optimizer": ("finetune", "optimizer"),
     "distill": ("finetune", "distill"), "distill_temperature": ("finetune", "temperature"),

@@ -52,7 +52,7 @@ def test_a_shared_url_restores_the_same_setup():
     assert_clean(shared)
     for key, _ in state.url_fields().values():
         assert shared.session_state[key] == at.session_state[key], key
-    assert shared.session_state[state.PAIR] == at.session_state[state.PAIR]
+    assert shared.session_state[state.CHOICE] == at.session_state[state.CHOICE]
     assert not any("default demo pair" in i.value for i in shared.info)
     assert dict(shared.query_params) == link     # and the page writes the same link again
 
@@ -69,7 +69,7 @@ def test_a_link_with_values_the_app_cannot_use_falls_back_and_says_which():
     for key in (state.COST, state.FUSION_WEIGHT, state.PROBE_SIZE, "ridge", state.SINKHORN_REG, state.FT_EPOCHS):
         assert at.session_state[key] == state.WIDGET_DEFAULTS[key], key
     assert at.session_state["probe_seed"] == 3
-    assert at.session_state[state.PAIR].refs[0].demo == "mlp-same"
+    assert at.session_state[state.CHOICE].refs[0].demo == "mlp-same"
 
 
 def test_a_link_carries_every_run_setting_even_those_without_a_widget():

@@ -184,7 +184,7 @@ def test_every_page_on_the_demo_pair_in_a_real_browser(server, browser):
 
     # Home: the demo pair side by side
     page.goto(server)
-    expect(page.get_by_text("The pair in use")).to_be_visible()
+    expect(page.get_by_text("The networks in use")).to_be_visible()
     expect(page.get_by_text("Test accuracy").first).to_be_visible()
     wait_idle(page)
     assert plotly_count(page, 1) >= 1

@@ -189,7 +189,7 @@ OTHER_VALUES = dict(dataset="mnist", data_root="/data", cost="cca", probe_size=3
                     sinkhorn_reg=0.05, fusion_weight=0.3, input_scaling="sum", marginals="importance",
                     inserted_weight="average", repair=False, bn_reset=False, finetune_epochs=3, finetune_lr=0.05,
                     optimizer="adam", distill=0.5, distill_temperature=2.0, finetune_parents=True, seed=7,
-                    device="cpu", mapping=((0, 2),), squared=True, input_correction=False)
+                    device="cpu", mapping=((0, 2),), squared=True, input_correction=False, reference=1, weights=(1.0, 2.0))
 
 
 def test_the_stale_result_check_covers_every_setting():
