@@ -47,13 +47,12 @@ def render() -> None:
     st.subheader("Run bundle")
     run_config = state.fusion_config(pair)
     fusion = runs.current(pair, run_config)
-    if pair.many:
-        st.caption("Run bundles document a fusion of two networks.")
-    elif fusion is None:
-        st.caption("A bundle documents one fusion run with the settings above: run it here (or on the Fusion page).")
+    if fusion is None:
+        st.caption("A bundle documents one fusion run of the networks in use with the Fusion page's settings: run it "
+                   "here (or on the Fusion page).")
         if st.button("Run the fusion for a bundle", icon=":material/play_arrow:"):
             fusion = runs.fuse(pair, loaded, run_config)
-    if fusion is not None and not pair.many:
+    if fusion is not None:
         st.download_button("Download run bundle (.zip)", lambda: bundle.bundle_bytes(fusion, [r.name for r in pair.refs]),
                            file_name="clafusion-run.zip", mime="application/zip", icon=":material/folder_zip:",
                            key="download_bundle", help="run.json (the config), result.json, the fused and parent "

@@ -8,9 +8,8 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from clafusion_core import compare, plots
+from clafusion_core import bundle, compare, plots
 from clafusion_core.config import FusionConfig
-from clafusion_core.pipeline import FusionResult
 from clafusion_core.similarity import METRIC_LABELS
 
 from . import state, ui
@@ -106,9 +105,10 @@ def metrics_section(rows, chosen_metric: str) -> None:
     st.dataframe(compare.metric_records(rows), hide_index=True)
 
 
-def bundle_text(fusion: FusionResult) -> str:
-    """What the bundle holds and the command that reruns it."""
+def bundle_text(fusion) -> str:
+    """What the bundle's run reached and the command that reruns it."""
     accuracy = fusion.accuracy
+    parents = " ".join(bundle.parent_files(len(bundle.given_order(fusion))))
     return (f"Fused one-shot {ui.percent(accuracy['fused'])}"
             + (f", finetuned {ui.percent(accuracy['fused_finetuned'])}" if accuracy.get("fused_finetuned") is not None else "")
-            + ". `python -m clafusion_core fuse parent_1.safetensors parent_2.safetensors --config run.json` reruns it.")
+            + f". `python -m clafusion_core fuse {parents} --config run.json` reruns it.")

@@ -69,7 +69,7 @@ def _set_candidate() -> Choice:
     demo = zoo.DEMO_SETS[st.session_state[state.SET_KEY]]
     st.caption(f"{demo.description} " + ", ".join(f"`{a}`" for a in demo.archs) + f", trained on *{demo.dataset}*. "
                "The first use trains the set (seconds); later uses read it from the disk cache.")
-    return state.set_choice_of(demo.key)
+    return state.demo_set_choice(demo.key)
 
 
 def _files_candidate(kind: str) -> tuple[Choice | None, dict[str, bytes]]:

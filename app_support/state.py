@@ -168,7 +168,7 @@ def demo_choice(key: str = zoo.DEFAULT_PAIR) -> Choice:
     return Choice("demo", refs, pair.dataset, None, f"demo pair “{pair.title}”")
 
 
-def set_choice_of(key: str) -> Choice:
+def demo_set_choice(key: str) -> Choice:
     """The networks of a demo set (:data:`zoo.DEMO_SETS`)."""
     demo = zoo.DEMO_SETS[key]
     refs = tuple(ModelRef("set", f"{demo.title} — {slot + 1} ({arch})", f"set:{key}:{slot}", demo=key, slot=slot)
@@ -441,7 +441,7 @@ def restore_url_state(params: dict[str, str]) -> list[str]:
     st.session_state[NETWORKS] = max(2, paths[-1] + 1) if paths else 2
     source = st.session_state[SOURCE_KIND]
     if source == "set" and "set" in params and "set" not in ignored:
-        set_choice(set_choice_of(st.session_state[SET_KEY]))
+        set_choice(demo_set_choice(st.session_state[SET_KEY]))
     if source == "demo" and "pair" in params and "pair" not in ignored:
         set_choice(demo_choice(st.session_state[DEMO_KEY]))
         if MATCH in params:

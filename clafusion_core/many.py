@@ -29,7 +29,7 @@ from .layers import model_view
 from .methods import FusionOutput, get_method
 from .otfusion import weighted_average
 from .pipeline import BalancedPair, align_and_balance, describe_model, finetune_result, fusion_batch, \
-    inserted_layer_weights, repair_and_reset, run_record
+    inserted_layer_weights, repair_and_reset, run_fusion, run_record
 from .config import FusionConfig
 from .train import Progress, cached_accuracy, evaluate, reset_batchnorm
 
@@ -196,3 +196,17 @@ def fuse_many(models: Sequence[nn.Module], splits: DataSplits, config: FusionCon
             result.warnings.append("Many-model fusion finetunes the fused model only, not the parents.")
     report(1.0, "done")
     return result
+
+
+def is_pairwise(count: int, config: FusionConfig) -> bool:
+    """Whether ``count`` models under ``config`` are the pairwise run (:func:`~.pipeline.run_fusion`): two
+    models without a target; anything else is :func:`fuse_many`'s (the CLI's ``fuse`` and a bundle's rerun)."""
+    return count == 2 and config.fusion.reference is None
+
+
+def fuse_any(models: Sequence[nn.Module], splits: DataSplits, config: FusionConfig = FusionConfig(),
+             progress: Progress | None = None):
+    """The pairwise fusion or :func:`fuse_many`, as :func:`is_pairwise` decides."""
+    if is_pairwise(len(models), config):
+        return run_fusion(*models, splits, config, progress=progress)
+    return fuse_many(models, splits, config, progress=progress)

@@ -158,3 +158,26 @@ def test_a_third_upload_that_does_not_fit_is_one_sentence_and_keeps_the_choice(m
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and message in errors[0] and errors[0].startswith("bad.safetensors"), errors
     assert at.session_state[state.CHOICE] == before
+
+
+def test_the_compare_page_bundles_a_run_of_three_networks():
+    import io
+    import zipfile
+
+    from clafusion_core.bundle import CARD_FILE, bundle_bytes
+
+    at = fresh({"src": "set", "set": "mlp-mixed", "weights": "1,2,1"})
+    at.switch_page(labels.PAGES["compare"].file).run()
+    assert_clean(at)
+    assert any("These comparisons are pairwise" in c.value for c in at.caption)
+    click(at, "Run the fusion for a bundle")
+    result = at.session_state[state.RESULT][1]
+    assert result.config.fusion.weights == (1.0, 2.0, 1.0) and len(result.models) == 3
+    assert any(d.proto.label == "Download run bundle (.zip)" for d in at.get("download_button"))
+    assert any("fuse parent_1.safetensors parent_2.safetensors parent_3.safetensors --config run.json" in c.value
+               for c in at.caption)
+    names = [r.name for r in at.session_state[state.CHOICE].refs]
+    files = zipfile.ZipFile(io.BytesIO(bundle_bytes(result, names)))
+    assert {"parent_1.safetensors", "parent_2.safetensors", "parent_3.safetensors"} <= set(files.namelist())
+    card = files.read(CARD_FILE).decode()
+    assert all(f"| {k + 1} | {name} |" in card for k, name in enumerate(names))
