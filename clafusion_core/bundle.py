@@ -40,8 +40,6 @@ def parent_files(count: int) -> list[str]:
     return [f"parent_{k + 1}.safetensors" for k in range(count)]
 
 
-PARENT_FILES = tuple(parent_files(2))
-
 
 def result_text(payload: dict) -> str:
     """``result.json`` as the CLI writes it."""

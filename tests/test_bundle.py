@@ -8,14 +8,15 @@ import zipfile
 import pytest
 import torch
 
-from clafusion_core.bundle import CARD_FILE, FUSED_FILE, PARENT_FILES, RESULT_FILE, RUN_FILE, bundle_bytes, \
-    bundle_files, read_bundle, rerun_bundle, result_text, write_bundle
+from clafusion_core.bundle import CARD_FILE, FUSED_FILE, RESULT_FILE, RUN_FILE, bundle_bytes, bundle_files, \
+    parent_files, read_bundle, rerun_bundle, result_text, write_bundle
 from clafusion_core.checkpoints import load_checkpoint
 from clafusion_core.errors import CheckpointError
 from clafusion_core.pipeline import run_fusion
 from clafusion_core.config import FusionConfig
 
 NAMES = ("shallow.safetensors", "deep.safetensors")
+PARENT_FILES = parent_files(2)
 
 
 def _without_timings(text: bytes | str) -> str:
