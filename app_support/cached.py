@@ -110,7 +110,7 @@ def path_key(path: str) -> str:
 
 
 def load_model(ref: ModelRef, dataset: str) -> tuple[nn.Module, CheckpointInfo | None]:
-    """One network of a pair (raises FusionError subclasses for anything a user can get wrong)."""
+    """One network of the choice (raises FusionError subclasses for anything a user can get wrong)."""
     if ref.kind in ("demo", "set"):
         return demo_models(ref.kind, ref.demo)[ref.slot], None
     if ref.kind == "upload":
@@ -129,7 +129,7 @@ def load_networks(choice: Choice) -> list[nn.Module]:
         try:
             pipeline.order_pair(models[0], model)
         except FusionError as exc:
-            raise type(exc)(f"{ref.name} cannot be fused with {choice.refs[0].name}: {exc}") from None
+            raise type(exc)(f"{ref.name}: {exc}") from None
     return models
 
 

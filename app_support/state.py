@@ -2,15 +2,17 @@
 
 Two kinds of keys:
 
-* **widget keys** (:data:`WIDGET_DEFAULTS`) — the value of a widget of that key. :func:`init` (called by
-  ``app.py`` on every run, before any page) gives each its default once, so every page can read every
-  choice even before the page owning the widget was opened; the widgets use
-  ``persist_state="session"``, so a value survives visits to pages that do not show the widget;
-* **plain keys** — objects the pages store: the chosen pair (:class:`Choice`), the bytes of the
+* **widget keys** (:data:`WIDGET_DEFAULTS`) — the value of a widget of that key; every run-config setting
+  is one, under its flat name. :func:`init` (called by the router in ``app.py`` on every run, before any
+  page) gives each its default once, so every page can read every choice even before the page owning the
+  widget was opened; the widgets use ``persist_state="session"``, so a value survives visits to pages that
+  do not show the widget;
+* **plain keys** — objects the pages store: the networks chosen (:class:`Choice`), the bytes of the
   uploaded checkpoints, the what-if matching and the last fusion result.
 
 Pages read the choices through the functions below (``choice()``, ``alignment_config()``,
-``fusion_config()``, ``override()``, ``result()``) and never spell a key themselves.
+``fusion_config()``, ``override()``, ``result()``) and never spell a key themselves; the URL's fields are
+drawn from the same keys.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from clafusion_core import zoo
+from clafusion_core import otfusion, zoo
 from clafusion_core.activations import CONV_MODES
 from clafusion_core.balancing import BALANCE_METHODS
 from clafusion_core.config import FLAT_NAMES, INSERTED_WEIGHTS, flat_types
@@ -30,8 +32,8 @@ from clafusion_core.data import DATASETS
 from clafusion_core.devices import DEVICES
 from clafusion_core.errors import FusionError
 from clafusion_core.interpolation import GROUPINGS, IMPORTANCES
+from clafusion_core.many import ManyResult
 from clafusion_core.methods import METHODS
-from clafusion_core import otfusion
 from clafusion_core.pipeline import FusionConfig, FusionResult
 from clafusion_core.similarity import METRICS
 from clafusion_core.train import OPTIMIZERS
@@ -192,7 +194,7 @@ def choice() -> tuple[Choice, bool]:
 
 
 def set_choice(pair: Choice, uploaded: dict[str, bytes] | None = None) -> None:
-    """Make ``pair`` the pair every page uses (forgetting results that belong to another pair)."""
+    """Make ``pair`` the networks every page uses (results of other networks no longer show)."""
     st.session_state[CHOICE] = pair
     st.session_state[UPLOADED] = dict(uploaded or {})
 
@@ -325,22 +327,21 @@ def same_fusion(a: FusionConfig, b: FusionConfig) -> bool:
     return a.fusion_key() == b.fusion_key()
 
 
-def result(pair: Choice) -> FusionResult | None:
-    """The last fusion result of this pair, or None."""
+def result(pair: Choice) -> FusionResult | ManyResult | None:
+    """The last fusion result of these networks (a pair's or N networks'), or None."""
     stored = st.session_state.get(RESULT)
     if stored and stored[0] == pair.id:
         return stored[1]
     return None
 
 
-def store_result(pair: Choice, fusion: FusionResult) -> None:
+def store_result(pair: Choice, fusion: FusionResult | ManyResult) -> None:
     st.session_state[RESULT] = (pair.id, fusion)
-
 
 
 # ------------------------------------------------------------------------- shareable URL (query string)
 # The settings that determine a result are written to the URL's query string on every run and read
-# back when a session starts, so a link reproduces a setup: the networks chosen (demo pair or local
+# back when a session starts, so a link reproduces a setup: the networks chosen (demo pair or set, local
 # paths, dataset), every run-config setting under its flat name, and the Compare page's curve settings.
 # Only values that differ from the defaults are written (short links). Uploaded checkpoints cannot
 # travel in a URL; demo pairs and local paths do.
