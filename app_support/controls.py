@@ -161,6 +161,9 @@ def target_and_weights(choice: Choice, loaded: LoadedPair) -> None:
                  else network_label(choice, k),
                  help="Balancing brings every network to the target's depth: a deepest one with 'add', a shallowest "
                       "with 'merge'.")
+    if st.session_state.pop(state.WEIGHTS_REFUSED, False):
+        st.warning("The weights cannot all be zero; give at least one network a positive weight (they are back "
+                   "as they were).", icon=":material/warning:")
     weights = state.network_weights(len(choice.refs)) or (1.0,) * len(choice.refs)
     for start in range(0, len(choice.refs), 3):
         for column, k in zip(st.columns(3), range(start, min(len(choice.refs), start + 3))):

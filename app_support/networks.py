@@ -142,8 +142,8 @@ def show(choice: Choice) -> None:
     with ui.user_errors():
         loaded = cached.load_pair(choice)
     if choice.many:
-        for start in range(0, len(choice.refs), 3):
-            for column, k in zip(st.columns(3, gap="large"), range(start, min(len(choice.refs), start + 3))):
+        for start in range(0, len(choice.refs), 2):   # two cards a row, as wide as a pair's
+            for column, k in zip(st.columns(2, gap="large"), range(start, min(len(choice.refs), start + 2))):
                 with column:
                     _model_card(f"Network {k + 1}", choice.refs[k], loaded.models[k], choice)
         st.caption("Each network is aligned and balanced onto one target (the first, or the deepest, by default; "

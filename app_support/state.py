@@ -127,6 +127,7 @@ CHOICE = "choice"                  # Choice: the networks and the dataset in use
 UPLOADED = "uploaded_bytes"        # {sha256: bytes} of the uploaded checkpoints in use
 OVERRIDE = "override"              # (choice id, per-stage matching) of the what-if (two networks), or absent
 OVERRIDE_REV = "override_rev"      # bumped when the matching changes outside its widgets
+WEIGHTS_REFUSED = "weights_refused"  # the weights were all set to zero (and put back)
 RESULT = "fusion_result"           # (choice id, FusionResult or many.ManyResult) of the last fusion run
 
 
@@ -251,8 +252,14 @@ def network_weights(count: int) -> tuple[float, ...] | None:
 
 
 def weights_changed(count: int) -> None:
-    """The weight widgets' ``on_change``: mirror them in :data:`WEIGHTS` (before the run, so the URL has them)."""
+    """The weight widgets' ``on_change``: mirror them in :data:`WEIGHTS` (before the run, so the URL has them).
+    All zero is refused: the widgets go back to the weights in use and :data:`WEIGHTS_REFUSED` says so."""
     values = tuple(float(st.session_state.get(WEIGHT_KEYS[k], 1.0)) for k in range(count))
+    if not any(values):
+        st.session_state[WEIGHTS_REFUSED] = True
+        for key, value in zip(WEIGHT_KEYS, network_weights(count) or (1.0,) * count):
+            st.session_state[key] = value
+        return
     st.session_state[WEIGHTS] = AUTO if len(set(values)) == 1 else values
 
 

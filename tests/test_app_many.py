@@ -181,3 +181,16 @@ def test_the_compare_page_bundles_a_run_of_three_networks():
     assert {"parent_1.safetensors", "parent_2.safetensors", "parent_3.safetensors"} <= set(files.namelist())
     card = files.read(CARD_FILE).decode()
     assert all(f"| {k + 1} | {name} |" in card for k, name in enumerate(names))
+
+
+def test_all_zero_weights_are_refused_in_one_sentence_and_put_back():
+    at = fresh({"src": "set", "set": "mlp-mixed", "weights": "1,2,1"})
+    at.switch_page(FUSION).run()
+    at.number_input(key=state.WEIGHT_KEYS[0]).set_value(0.0).run()
+    at.number_input(key=state.WEIGHT_KEYS[2]).set_value(0.0).run()
+    assert_clean(at)
+    at.number_input(key=state.WEIGHT_KEYS[1]).set_value(0.0).run()
+    assert not at.exception
+    assert any("cannot all be zero" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert [at.number_input(key=k).value for k in state.WEIGHT_KEYS[:3]] == [0.0, 2.0, 0.0]
+    assert state.WEIGHTS in at.session_state and at.session_state[state.WEIGHTS] == (0.0, 2.0, 0.0)
