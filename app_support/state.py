@@ -367,6 +367,12 @@ SOURCE_FIELDS = {"demo": ("pair",), "set": ("set",),
                  "paths": (*SLOTS, *(f"arch_{slot}" for slot in SLOTS), "dataset", "root")}
 
 
+#: the short names links used before the fields came from the config (read, never written: a frozen list)
+LEGACY_NAMES = {"probe": PROBE_SIZE, "act": ACTIVATION, "conv": CONV_FEATURES, "ground": GROUND_METRIC,
+                "ground_act": GROUND_ACTIVATION, "ground_conv": GROUND_CONV_FEATURES, "inserted": INSERTED_WEIGHT,
+                "reg": SINKHORN_REG, "s": FUSION_WEIGHT}
+
+
 def url_fields() -> dict[str, tuple[str, object]]:
     """Query-string name → (session key, the type its text parses to): the networks chosen, every
     run-config setting (its flat name and annotated type, from the library), the Compare page's."""
@@ -432,6 +438,10 @@ def url_state() -> dict[str, str]:
 def restore_url_state(params: dict[str, str]) -> list[str]:
     """Set the session from a query string (before any widget is drawn); returns the entries ignored."""
     fields, ignored = url_fields(), []
+    for old, name in LEGACY_NAMES.items():
+        if old in params and name not in params:
+            params = {**params, name: params[old]}
+        params = {k: v for k, v in params.items() if k != old}
     for name, text in params.items():
         if name not in fields:
             if name != MATCH:

@@ -60,7 +60,7 @@ def test_a_shared_url_restores_the_same_setup():
 def test_a_link_with_values_the_app_cannot_use_falls_back_and_says_which():
     """Names it does not know, texts of the wrong type, values the library refuses (s = 2, a negative ridge),
     values no widget offers (a regularisation off the slider, 0 epochs), an uploaded source."""
-    bad = {"cost": "nope", "s": "0.3", "fusion_weight": "2", "probe_size": "half", "ridge": "-1", "sinkhorn_reg": "0.003",
+    bad = {"cost": "nope", "fusion_weight": "2", "probe_size": "half", "ridge": "-1", "sinkhorn_reg": "0.003",
            "finetune_epochs": "0", "src": "upload"}
     at = fresh({"pair": "mlp-same", **bad, "probe_seed": "3"})
     at.switch_page(COMPARE).run()
@@ -130,3 +130,16 @@ def test_a_shared_url_with_a_seed_restores_it_and_the_run_uses_it(mlp_pair, digi
     for seed, same in ((7, True), (0, False)):   # the validation curve after epoch 1 depends on the batch order
         library = run_fusion(*mlp_pair, digits, FusionConfig.from_flat(seed=seed, finetune_epochs=1))
         assert (library.histories["fused"] == fusion.histories["fused"]) == same, (seed, library.histories)
+
+
+def test_a_link_from_before_the_config_names_still_opens_its_setup():
+    """Links made when the fields had short names (``s``, ``ground``, ``reg``, ...) are read as before and
+    rewritten with the config's names."""
+    at = fresh({"pair": "mlp-same", "ground": "weights", "solver": "sinkhorn", "reg": "0.05", "s": "0.3", "probe": "200"})
+    at.switch_page(FUSION).run()
+    assert_clean(at)
+    assert not at.warning
+    assert (at.session_state[state.GROUND_METRIC], at.session_state[state.SINKHORN_REG],
+            at.session_state[state.FUSION_WEIGHT], at.session_state[state.PROBE_SIZE]) == ("weights", 0.05, 0.3, 200)
+    assert dict(at.query_params) == {"src": "demo", "pair": "mlp-same", "probe_size": "200", "ground_metric": "weights",
+                                     "solver": "sinkhorn", "sinkhorn_reg": "0.05", "fusion_weight": "0.3"}
