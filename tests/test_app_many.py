@@ -194,3 +194,21 @@ def test_all_zero_weights_are_refused_in_one_sentence_and_put_back():
     assert any("cannot all be zero" in w.value for w in at.warning), [w.value for w in at.warning]
     assert [at.number_input(key=k).value for k in state.WEIGHT_KEYS[:3]] == [0.0, 2.0, 0.0]
     assert state.WEIGHTS in at.session_state and at.session_state[state.WEIGHTS] == (0.0, 2.0, 0.0)
+
+
+def test_finetuning_three_networks_distils_from_all_and_matches_the_library(mixed, digits):
+    """The Finetune page opened first fuses the set with the Fusion page's settings, then finetunes the fused
+    model alone (the parents' baseline is for pairs): what ``fuse_many`` gives with the same epochs."""
+    at = fresh({"src": "set", "set": "mlp-mixed"})
+    at.switch_page(labels.PAGES["finetune"].file).run()
+    assert_clean(at)
+    assert any("fused now" in i.value for i in at.info)
+    assert at.checkbox(key=state.FT_PARENTS).proto.disabled
+    at.number_input(key=state.FT_EPOCHS).set_value(1).run()
+    click(at, "Finetune")
+    result = at.session_state[state.RESULT][1]
+    library = fuse_many(mixed, digits, FusionConfig.from_flat(finetune_epochs=1))
+    assert result.histories == library.histories and result.accuracy == library.accuracy
+    assert [m.label for m in at.metric] == ["Fused + finetuned", "Fused (one-shot)", "Best parent"]
+    assert {d.proto.label for d in at.get("download_button")} == {"Fused model (finetuned) · .safetensors",
+                                                                  "Result · result.json"}
