@@ -3,7 +3,7 @@ fused onto its target on the Fusion page, and the Alignment page's heatmap again
 
 from __future__ import annotations
 
-from test_browser import ARTIFACTS, STEP_TIMEOUT_MS, VIEWPORT, assert_no_exception, browser, choose, expect, go_to, \
+from test_browser import STEP_TIMEOUT_MS, VIEWPORT, assert_no_exception, browser, choose, expect, go_to, \
     plotly_count, pytestmark, server, shot, wait_idle  # noqa: F401  (fixtures and marks)
 
 
