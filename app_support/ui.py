@@ -1,4 +1,5 @@
-"""Small UI pieces every page shares: headings, the collapsed explanations, errors and progress bars."""
+"""The app's frame (router, sidebar) and the small UI pieces every page shares: headings with their
+collapsed explanations, errors and progress bars."""
 
 from __future__ import annotations
 
@@ -9,29 +10,28 @@ from contextlib import contextmanager
 import plotly.graph_objects as go
 import streamlit as st
 
+from clafusion_core import plots
+from clafusion_core.devices import device_label
 from clafusion_core.errors import FusionError
 
-from clafusion_core.devices import device_label
-
-from . import state
-from .state import PairChoice
+from . import labels, state
+from .state import Choice
 
 LOG = logging.getLogger("clafusion_app")
 
-PAGES = [("app.py", "Home", ":material/home:"),
-         ("pages/1_Alignment.py", "1 · Alignment", ":material/grid_on:"),
-         ("pages/2_Fusion.py", "2 · Fusion", ":material/merge:"),
-         ("pages/3_Finetune.py", "3 · Finetune", ":material/trending_up:"),
-         ("pages/4_Compare.py", "4 · Compare", ":material/compare_arrows:")]
 
+def router():
+    """The app's frame, run once per rerun by ``app.py`` before the page: the registered pages
+    (``labels.PAGES``, each at its own URL path), page config, the session's defaults, a shared link's
+    settings and the sidebar. Returns the page to run.
 
-def setup_page(title: str) -> None:
-    """First call of every page (and Home): page config, the session's defaults, the sidebar navigation.
-
-    Every page does this itself, so a page opened directly (a bookmark, a fresh session) works on its own;
-    a shared link's settings are read here, before any widget is drawn.
+    A page opened directly (a bookmark, a fresh session) goes through here too, so it works on its own;
+    a shared link's settings are read before any widget is drawn.
     """
-    st.set_page_config(page_title=f"{title} · CLAFusion Explorer", page_icon=":material/merge:", layout="wide",
+    pages = [st.Page(page.file, title=page.title, icon=page.icon, url_path=page.url_path or None,
+                     default=key == "home") for key, page in labels.PAGES.items()]
+    current = st.navigation(pages, position="sidebar")
+    st.set_page_config(page_title=f"{current.title} · {labels.APP_NAME}", page_icon=labels.APP_ICON, layout="wide",
                        initial_sidebar_state="expanded")
     state.init()
     state.sync_url()
@@ -39,37 +39,37 @@ def setup_page(title: str) -> None:
     if ignored:
         st.warning(f"This link's {', '.join(ignored)} could not be used, so the defaults stand in for "
                    f"{'it' if len(ignored) == 1 else 'them'}.", icon=":material/link_off:")
-    with st.sidebar:
-        st.markdown("### CLAFusion Explorer")
-        for path, label, icon in PAGES:
-            st.page_link(path, label=label, icon=icon)
-        st.divider()
+    _sidebar_summary()
+    return current
 
 
-def sidebar_summary() -> None:
-    """The pair in use and the compute device, at the bottom of the sidebar."""
+def _sidebar_summary() -> None:
+    """The pair in use and the compute device, in the sidebar under the navigation."""
     pair, fell_back = state.choice()
     with st.sidebar:
         st.caption("In use" + (" — the default, until you choose on Home" if fell_back else ""))
-        st.markdown(f"{pair.label[0].upper() + pair.label[1:]} · *{pair.dataset}*")
+        st.markdown(f"{capitalised(pair.label)} · *{pair.dataset}*")
         st.caption(f"Compute: {device_label()}")
 
 
-def page_header(step: int | None, title: str, caption: str) -> None:
-    st.title(f"{step} · {title}" if step is not None else title)
-    st.caption(caption)
+def page_header(key: str) -> None:
+    """The page's title, its one-line caption and its collapsed explanation (``labels.PAGES[key]``)."""
+    page = labels.PAGES[key]
+    st.title(page.heading or page.title)
+    st.caption(page.caption)
+    with st.expander(f"What is this? {page.explain_title}", expanded=False, icon=":material/school:"):
+        st.markdown(page.explain)
 
 
-def explain(title: str, body: str) -> None:
-    """A plain-language explanation of the page's step, collapsed by default."""
-    with st.expander(f"What is this? {title}", expanded=False, icon=":material/school:"):
-        st.markdown(body)
+def next_page(key: str) -> None:
+    """The link to the next step at the bottom of a page."""
+    page = labels.PAGES[key]
+    st.page_link(page.file, label=page.next_label, icon=":material/arrow_forward:")
 
 
-def pair_note(pair: PairChoice, fell_back: bool) -> None:
+def pair_note(pair: Choice, fell_back: bool) -> None:
     """Say which pair the page works on; a page opened first (bookmark, fresh session) says it uses
     the default demo pair."""
-    sidebar_summary()
     if fell_back:
         st.info(f"No networks were chosen yet, so this page uses the default {pair.label} on *{pair.dataset}*. "
                 "Choose other networks on the Home page.", icon=":material/info:")
@@ -123,6 +123,25 @@ def accuracy_axis(fig: go.Figure, values: list[float]) -> go.Figure:
         pad = max(0.01, 0.15 * (high - low))
         fig.update_yaxes(tickformat=".1%", range=[max(0.0, low - pad), min(1.0, high + pad) + 0.002])
     return fig
+
+
+def live_curves(slot, epochs: int) -> Callable[[str, int, float], None]:
+    """A finetune's ``on_epoch`` callback that redraws the validation curves in ``slot`` after every epoch."""
+    curves: dict[str, list[float]] = {}
+
+    def on_epoch(name: str, epoch: int, accuracy: float) -> None:
+        curves.setdefault(labels.RUN_NAMES.get(name, name), []).append(accuracy)
+        figure = accuracy_axis(plots.training_curves(curves, title="Validation accuracy — live"),
+                               [v for run in curves.values() for v in run])
+        figure.update_xaxes(range=[-0.5, epochs + 0.5])
+        slot.plotly_chart(figure, width="stretch", theme=None, key=f"live_curve_{sum(map(len, curves.values()))}")
+
+    return on_epoch
+
+
+def capitalised(text: str) -> str:
+    """``text`` with its first letter upper case (labels that open a line)."""
+    return text[:1].upper() + text[1:]
 
 
 def percent(value: float | None) -> str:

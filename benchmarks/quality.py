@@ -115,7 +115,7 @@ def choose_finetune_lr(dataset: str, setup: str, seed: int, splits, args) -> dic
     row = next(r for r in variants(setup, model_a.family, args.quick) if r.get("default"))
     config = FusionConfig.from_flat(dataset=dataset, data_root=args.data_root, seed=seed, device="cpu", **row["config"])
     fused = run_fusion(model_a, model_b, splits, config).fused.model
-    teacher = finetune_teacher(model_a, model_b, splits, config)
+    teacher = finetune_teacher([model_a, model_b], splits, config)
     scores = {}
     for lr in args.lr_grid:
         training = config.replace(finetune_epochs=args.finetune_epochs, finetune_lr=lr).finetune_config()
@@ -194,7 +194,7 @@ def run_setup(dataset: str, setup: str, seed: int, splits, args, finetune_lr: fl
         vanilla = vanilla_average(model_a, model_b, base.fusion.weight)
         same = base.replace(finetune_epochs=args.finetune_epochs)  # the fused model's finetune settings
         tuned, history = finetune(vanilla, splits.train, splits.val, same.finetune_config(),
-                                  teacher_logits=finetune_teacher(model_a, model_b, splits, same))
+                                  teacher_logits=finetune_teacher([model_a, model_b], splits, same))
         out["vanilla_finetuned"] = evaluate(tuned, splits.test)
     clafusion = {k: v for k, v in out["variants"].items() if v["group"] == "clafusion"}
     if clafusion:  # choose the cost metric and balancing on the validation split, per seed

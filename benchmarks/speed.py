@@ -151,7 +151,7 @@ def stage_timings(label: str, model_a, model_b, splits, repeats: int, finetune_e
     if finetune_epoch:
         training = config.replace(finetune_epochs=1).finetune_config()
         start = time.perf_counter()
-        teacher = finetune_teacher(model_a, model_b, splits, config, dev)  # part of a finetune's cost
+        teacher = finetune_teacher([model_a, model_b], splits, config, dev)  # part of a finetune's cost
         finetune(fused.model, splits.train, splits.val, training, dev, teacher_logits=teacher)
         if sync:
             sync()

@@ -1,6 +1,6 @@
 """CLAFusion Explorer core: cross-layer alignment and optimal-transport fusion of neural networks.
 
-The library never imports streamlit; the app (``app.py``, ``pages/``) and the CLI
+The library never imports streamlit; the app (``app.py``, ``app_pages/``, ``app_support/``) and the CLI
 (``python -m clafusion_core``) are thin layers over :mod:`clafusion_core.pipeline`.
 """
 

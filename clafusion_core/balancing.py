@@ -35,6 +35,11 @@ from .models import rebuild, with_stage_depths
 BALANCE_METHODS = ("add", "merge")
 
 
+def balance_methods(model: nn.Module) -> tuple[str, ...]:
+    """The balancings a model's family allows: ``merge`` folds fully connected layers, so MLPs only."""
+    return BALANCE_METHODS if model.family.merge_balancing else ("add",)
+
+
 @dataclass
 class Balanced:
     """Two models of equal depth, ready for layer-wise fusion, and what balancing did to get there."""
@@ -107,7 +112,7 @@ def add_identity_units(model_b: nn.Module, mappings: list[list[int]], depths_a: 
 @torch.no_grad()
 def merge_units(model_a: nn.Module, mapping: list[int], probe: torch.Tensor) -> Balanced:
     """Make an MLP A as shallow as its partner by folding each unmatched hidden layer into the next."""
-    if not model_a.family.merge_balancing:
+    if "merge" not in balance_methods(model_a):
         raise AlignmentError("Merge balancing supports MLPs only; choose 'add' balancing for CNNs and ResNets.")
     view = model_view(model_a)
     depth = len(view.stages[0])

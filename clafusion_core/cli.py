@@ -32,7 +32,8 @@ from .devices import DEVICES
 from .distributed import process_device, process_group, world_from_env
 from .errors import AlignmentError, FusionError, OutputError
 from .interpolation import GROUPINGS, IMPORTANCES, InterpOptions
-from .many import fuse_many, normalised_weights
+from .bundle import write_bundle
+from .many import fuse_many, is_pairwise, normalised_weights
 from .methods import METHODS, get_method
 from .models import build_model
 from .otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, INPUT_SCALINGS, MARGINALS, SOLVERS
@@ -124,6 +125,9 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     _add_finetune_options(parser)
     parser.add_argument("--json", dest="json_path", default=None, help="write result.json here")
     parser.add_argument("--out", default=None, help="write the fused model (safetensors) here")
+    parser.add_argument("--bundle", default=None, metavar="PATH",
+                        help="write a run bundle here (a .zip, else a folder): run.json, result.json, the fused and "
+                             "every parent's safetensors, a model card; `fuse parent_1 ... --config run.json` reruns it")
     parser.add_argument("--config", dest="config_path", default=None, metavar="FILE",
                         help="run config (JSON or YAML, e.g. the 'config' of a result.json); flags typed override it")
 
@@ -317,6 +321,11 @@ def check_writable(*paths: str | None) -> None:
             raise OutputError(f"{quote_path(path)} cannot be written (no permission); choose another path.")
 
 
+def _bundle_probe(path: str | None) -> str | None:
+    """The file :func:`check_writable` checks for ``--bundle``: the zip, or a file in the (existing) folder."""
+    return os.path.join(path, "run.json") if path and os.path.isdir(path) else path
+
+
 def _write(path: str, write) -> None:
     try:
         write()
@@ -336,6 +345,15 @@ def _write_json(path: str | None, payload: dict) -> None:
 def _write_model(path: str | None, model, dataset: str) -> None:
     if path:
         _write(path, lambda: save_checkpoint(model, path, dataset=dataset))
+
+
+def _write_outputs(result, args: argparse.Namespace) -> None:
+    """A fusion's ``--out`` (the fused model, finetuned when it was), ``--json`` and ``--bundle``."""
+    _write_model(args.out, result.fused_finetuned or result.fused.model, result.config.probe.dataset)
+    _write_json(args.json_path, result.to_json())
+    if args.bundle:
+        names = [Path(path).name for path in getattr(args, "models", None) or ()] or None
+        _write(args.bundle, lambda: write_bundle(result, args.bundle, names))
 
 
 def _summary(result) -> str:
@@ -396,8 +414,7 @@ def _fuse_and_report(model_a, model_b, splits, config: FusionConfig, args: argpa
             kept = "the finetuned fused model" if result.fused_finetuned is not None else "the fused model from before it"
             result.warnings.append(f"Finetuning was interrupted (Ctrl-C); kept {kept}.")
     bar.close()
-    _write_model(args.out, result.fused_finetuned or result.fused.model, config.probe.dataset)
-    _write_json(args.json_path, result.to_json())
+    _write_outputs(result, args)
     if args.json_path:
         print(_summary(result))
     if interrupted:
@@ -408,13 +425,13 @@ def _fuse_and_report(model_a, model_b, splits, config: FusionConfig, args: argpa
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     config = _config(args)
-    check_writable(args.json_path, args.out)
+    check_writable(args.json_path, args.out, _bundle_probe(args.bundle))
     splits = load_dataset(args.dataset, args.data_root)
     return _fuse_any_and_report(_load_models(args, splits.info), splits, config, args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    check_writable(args.json_path, getattr(args, "out", None))
+    check_writable(args.json_path, getattr(args, "out", None), _bundle_probe(args.bundle))
     if args.set:
         demo = DEMO_SETS[args.set]
         bar, update = _progress_bar(f"demo set '{demo.key}' (trained once, then cached)")
@@ -435,20 +452,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _fuse_any_and_report(models, splits, config: FusionConfig, args: argparse.Namespace) -> int:
-    """Two models without ``--reference``: the pairwise fusion (``--weights`` become s); else :func:`fuse_many`."""
+    """Two models without a reference (``--reference`` or the config's): the pairwise fusion (``--weights``
+    become s); else :func:`fuse_many` with the config's reference and weights."""
     if len(models) < 2:
         raise AlignmentError("Give at least two checkpoints to fuse.")
-    if len(models) == 2 and args.reference is None:
-        if args.weights is not None:
-            weights = normalised_weights(args.weights, 2)
+    if is_pairwise(len(models), config):
+        if config.fusion.weights is not None:
+            weights = normalised_weights(config.fusion.weights, 2)
             swapped = order_pair(*models)[2]   # s is the share of the shallower model (B once ordered)
-            config = config.replace(fusion_weight=weights[0] if swapped else weights[1])
+            config = config.replace(fusion_weight=weights[0] if swapped else weights[1], weights=None)
         return _fuse_and_report(*models, splits, config, args)
     bar, update = _progress_bar(f"fusing {len(models)} models")
-    result = fuse_many(models, splits, config, reference=args.reference, weights=args.weights, progress=update)
+    result = fuse_many(models, splits, config, progress=update)
     bar.close()
-    _write_model(args.out, result.fused_finetuned or result.fused.model, config.probe.dataset)
-    _write_json(args.json_path, result.to_json())
+    _write_outputs(result, args)
     if args.json_path:
         accuracy = result.accuracy
         rows = [f"{f'model {k}' + (' (target)' if k == result.reference else ''):>18}: {a * 100:6.2f} %"

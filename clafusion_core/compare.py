@@ -91,7 +91,7 @@ def _finetuned_accuracy(model: nn.Module, model_a: nn.Module, model_b: nn.Module
                     config: FusionConfig) -> float:
     """Test accuracy of ``model`` after the finetune every fused model gets (same settings, same teacher)."""
     device = resolve_device(config.device)
-    teacher = finetune_teacher(model_a, model_b, splits, config, device)
+    teacher = finetune_teacher([model_a, model_b], splits, config, device)
     tuned, _ = finetune(model, splits.train, splits.val, config.finetune_config(), device, teacher_logits=teacher)
     return evaluate(tuned, splits.test, device)
 

@@ -9,8 +9,9 @@ sub-config     determines                                                  flat 
                                                                            pin_first, pin_last, mapping
 ``balancing``  the balanced pair                                           balance
 ``fusion``     the fused model: method, its options, weights               method, fusion_weight,
-                                                                           inserted_weight, + the method's
-                                                                           option names
+                                                                           inserted_weight, reference,
+                                                                           weights (N models), + the
+                                                                           method's option names
 ``repair``     statistics repair and BatchNorm reset                       repair, bn_reset
 ``finetune``   finetuning (of the fused model and the parents alike)       finetune_epochs, finetune_lr,
                                                                            optimizer, distill,
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import AlignmentError, FusionError
+from .families import get_family
 from .train import TrainConfig
 
 INSERTED_WEIGHTS = ("deeper", "average")
@@ -91,6 +93,8 @@ class MethodConfig:
     weight: float = 0.5                # s, the weight of model B (the reference)
     inserted: str = "deeper"           # at layers balancing inserted: keep the deeper model's layer, or "average"
     options: object = field(default_factory=_default_options)
+    reference: int | None = None       # N models: the target's index (None: the first, or the deepest / shallowest)
+    weights: tuple[float, ...] | None = None   # N models: their shares as given (normalised when used; None: equal)
 
     def __post_init__(self):
         from .methods import get_method
@@ -102,6 +106,13 @@ class MethodConfig:
             raise AlignmentError("The fusion weight s must lie between 0 (all A) and 1 (all B).")
         if self.inserted not in INSERTED_WEIGHTS:
             raise AlignmentError(f"Unknown inserted-layer weight '{self.inserted}'; choose one of {INSERTED_WEIGHTS}.")
+        if self.reference is not None and (isinstance(self.reference, bool) or not isinstance(self.reference, int)
+                                           or self.reference < 0):
+            raise AlignmentError(f"The reference must be a model's index from 0, not {self.reference}.")
+        if self.weights is not None:
+            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+            if not all(0 <= w < float("inf") for w in self.weights) or sum(self.weights) <= 0:
+                raise AlignmentError("The fusion weights must be non-negative numbers, not all zero, e.g. 1,1,2.")
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
                                                 "mapping")},
     "balance": ("balancing", "method"),
     "method": ("fusion", "name"), "fusion_weight": ("fusion", "weight"), "inserted_weight": ("fusion", "inserted"),
+    "reference": ("fusion", "reference"), "weights": ("fusion", "weights"),
     "repair": ("repair", "statistics"), "bn_reset": ("repair", "bn_reset"),
     "finetune_epochs": ("finetune", "epochs"), "finetune_lr": ("finetune", "lr"), "optimizer": ("finetune", "optimizer"),
     "distill": ("finetune", "distill"), "distill_temperature": ("finetune", "temperature"),
@@ -136,6 +148,20 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
 }
 SECTIONS = {"probe": ProbeConfig, "alignment": AlignmentConfig, "balancing": BalancingConfig,
             "fusion": MethodConfig, "repair": RepairConfig, "finetune": FinetuneConfig}
+
+
+def flat_types() -> dict[str, object]:
+    """Every flat name, the options of every registered method included, → its annotated type (e.g.
+    ``int | None`` for ``probe_size``): what a text from a form or a link parses to."""
+    from typing import get_type_hints
+
+    from .methods import METHODS
+
+    types = {name: get_type_hints(SECTIONS[section])[attribute] for name, (section, attribute) in FLAT_NAMES.items()}
+    for method in METHODS.values():
+        types.update(get_type_hints(method.options_type))
+    top = get_type_hints(FusionConfig)
+    return {**types, "seed": top["seed"], "device": top["device"]}
 
 
 @dataclass(frozen=True)
@@ -192,6 +218,19 @@ class FusionConfig:
         out = {name: getattr(getattr(self, section), attribute) for name, (section, attribute) in FLAT_NAMES.items()}
         out.update(asdict(self.fusion.options), seed=self.seed, device=self.device)
         return out
+
+    def ignored(self, family: str) -> set[str]:
+        """The flat names that change nothing in a run with these settings on models of ``family`` (the
+        app disables their widgets): the inserted-layer rule without identity layers, conv-map choices for
+        MLPs, the temperature without distillation, and the options the method's settings bypass."""
+        unused = set(self.fusion.options.ignored())
+        if self.balancing.method != "add":
+            unused.add("inserted_weight")
+        if not get_family(family).is_conv:   # no feature maps
+            unused |= {"conv_features", "ground_conv_features"}
+        if self.finetune.distill == 0:
+            unused.add("distill_temperature")
+        return unused
 
     # --------------------------------------------------------------------------- stage keys and views
 

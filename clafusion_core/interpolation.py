@@ -116,6 +116,10 @@ class InterpOptions:
         if self.restarts < 1 or self.iterations < 1:
             raise AlignmentError("K-means needs at least 1 restart and 1 iteration (defaults: 3 and 30).")
 
+    def ignored(self) -> set[str]:
+        """The options these settings bypass: K-means' restarts and iterations under the Hungarian match."""
+        return {"restarts", "iterations"} if self.grouping == "hungarian" else set()
+
 
 @dataclass
 class InterpResult:

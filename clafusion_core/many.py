@@ -21,17 +21,17 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .baselines import ensemble_accuracy, same_shapes, teacher_logits
+from .baselines import ensemble_accuracy, same_shapes
 from .data import DataSplits
 from .devices import cpu_fallback, placed_on, resolve_device
 from .errors import AlignmentError
 from .layers import model_view
 from .methods import FusionOutput, get_method
 from .otfusion import weighted_average
-from .pipeline import BalancedPair, align_and_balance, describe_model, fusion_batch, \
-    inserted_layer_weights, repair_and_reset, run_record
+from .pipeline import BalancedPair, align_and_balance, describe_model, finetune_result, fusion_batch, \
+    inserted_layer_weights, repair_and_reset, run_fusion, run_record
 from .config import FusionConfig
-from .train import Progress, cached_accuracy, evaluate, finetune, reset_batchnorm
+from .train import Progress, cached_accuracy, evaluate, reset_batchnorm
 
 
 @dataclass
@@ -50,6 +50,14 @@ class ManyResult:
     fused_finetuned: nn.Module | None = None
     histories: dict[str, list[float]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    def parent_models(self) -> list[nn.Module]:
+        """The parents in the caller's order: their mean logits teach a finetune."""
+        return self.models
+
+    def baseline_runs(self) -> list[tuple[str, nn.Module]]:
+        """None: a finetune trains the fused model only (no fair baseline of N parents yet)."""
+        return []
 
     def to_json(self) -> dict:
         notes = [n for p in self.pairs if p for n in p.alignment.notes + p.balanced.notes]
@@ -78,18 +86,27 @@ def normalised_weights(weights: Sequence[float] | None, count: int) -> list[floa
     return [w / sum(weights) for w in weights]
 
 
-def choose_reference(models: Sequence[nn.Module], balance: str, reference: int | None = None) -> int:
-    """The target model: ``reference`` if given (checked), else the module docstring's default."""
+def allowed_references(models: Sequence[nn.Module], balance: str) -> list[int]:
+    """The models that can be the target: balancing takes every model to the target's depth, so a deepest
+    one under ``add`` and a shallowest one under ``merge``."""
     depths = [len(model_view(m).units) for m in models]
-    allowed = max(depths) if balance == "add" else min(depths)
+    extreme = max(depths) if balance == "add" else min(depths)
+    return [k for k, depth in enumerate(depths) if depth == extreme]
+
+
+def choose_reference(models: Sequence[nn.Module], balance: str, reference: int | None = None) -> int:
+    """The target model: ``reference`` if given (checked), else the first allowed one (the first model when
+    all are equally deep)."""
+    allowed = allowed_references(models, balance)
     if reference is None:
-        return 0 if len(set(depths)) == 1 else depths.index(allowed)
+        return allowed[0]
     if not 0 <= reference < len(models):
         raise AlignmentError(f"The reference must be one of the {len(models)} models: 0 to {len(models) - 1}.")
-    if depths[reference] != allowed:
+    if reference not in allowed:
         extreme = "deepest" if balance == "add" else "shallowest"
+        depths = [len(model_view(m).units) for m in models]
         raise AlignmentError(f"With '{balance}' balancing the reference must be a {extreme} model "
-                             f"(depths {depths}); choose model {depths.index(allowed)} as the reference.")
+                             f"(depths {depths}); choose model {allowed[0]} as the reference.")
     return reference
 
 
@@ -118,15 +135,19 @@ def fuse_many(models: Sequence[nn.Module], splits: DataSplits, config: FusionCon
               progress: Progress | None = None) -> ManyResult:
     """Fuse N ≥ 2 models (module docstring); accuracy of every parent, the N-way ensemble and the fused model.
 
-    ``config`` supplies the alignment, balancing, method, repair, BatchNorm and finetuning settings
-    (its pairwise ``fusion_weight`` is not used: ``weights`` are the N models' shares).
+    ``config`` supplies the alignment, balancing, method, repair, BatchNorm and finetuning settings, and
+    the target and weights (``config.fusion.reference`` / ``weights``) unless ``reference`` / ``weights``
+    are given; the result's config records them, so it reruns the same fusion. Its pairwise
+    ``fusion_weight`` is not used.
     """
     report = progress or (lambda fraction, message: None)
     if len(models) < 2:
         raise AlignmentError("Fusion needs at least two models.")
+    config = config.replace(reference=config.fusion.reference if reference is None else reference,
+                            weights=config.fusion.weights if weights is None else weights)
     device = resolve_device(config.device)
-    weights = normalised_weights(weights, len(models))
-    reference = choose_reference(models, config.balancing.method, reference)
+    weights = normalised_weights(config.fusion.weights, len(models))
+    reference = choose_reference(models, config.balancing.method, config.fusion.reference)
     target = models[reference]
     timings: dict[str, float] = {}
 
@@ -171,15 +192,22 @@ def fuse_many(models: Sequence[nn.Module], splits: DataSplits, config: FusionCon
     result = ManyResult(config, list(models), reference, weights, pairs, parents, fused, accuracy, timings,
                         layer_weights, repair)
     if config.finetune.epochs > 0:
-        start = time.perf_counter()
-        teacher = teacher_logits(originals, splits.train.tensors[0], device) if config.finetune.distill > 0 else None
-        result.fused_finetuned, history = finetune(
-            fused.model, splits.train, splits.val, config.finetune_config(), device,
-            lambda fraction, message: report(0.55 + 0.45 * fraction, f"finetuning: {message}"), teacher_logits=teacher)
-        result.histories["fused"] = history.val_accuracy
-        accuracy["fused_finetuned"] = evaluate(result.fused_finetuned, splits.test, device)
-        timings["finetune"] = time.perf_counter() - start
+        finetune_result(result, splits, progress=lambda fraction, message: report(0.55 + 0.45 * fraction, message))
         if config.finetune.parents:
             result.warnings.append("Many-model fusion finetunes the fused model only, not the parents.")
     report(1.0, "done")
     return result
+
+
+def is_pairwise(count: int, config: FusionConfig) -> bool:
+    """Whether ``count`` models under ``config`` are the pairwise run (:func:`~.pipeline.run_fusion`): two
+    models without a target; anything else is :func:`fuse_many`'s (the CLI's ``fuse`` and a bundle's rerun)."""
+    return count == 2 and config.fusion.reference is None
+
+
+def fuse_any(models: Sequence[nn.Module], splits: DataSplits, config: FusionConfig = FusionConfig(),
+             progress: Progress | None = None):
+    """The pairwise fusion or :func:`fuse_many`, as :func:`is_pairwise` decides."""
+    if is_pairwise(len(models), config):
+        return run_fusion(*models, splits, config, progress=progress)
+    return fuse_many(models, splits, config, progress=progress)

@@ -82,6 +82,12 @@ class OTOptions:
         if self.sinkhorn_reg <= 0:
             raise AlignmentError("The Sinkhorn regularisation must be positive, e.g. 0.01.")
 
+    def ignored(self) -> set[str]:
+        """The options these settings bypass: the regularisation under the exact solver, the ground
+        metric's activation choices under the weights metric."""
+        unused = set() if self.solver == "sinkhorn" else {"sinkhorn_reg"}
+        return unused | (set() if self.ground_metric == "activations" else {"ground_activation", "ground_conv_features"})
+
 
 @dataclass
 class Transport:

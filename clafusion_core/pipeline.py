@@ -102,6 +102,14 @@ class FusionResult:
     histories: dict[str, list[float]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
+    def parent_models(self) -> list[nn.Module]:
+        """The parents (A, the deeper, first): their mean logits teach a finetune."""
+        return [self.model_a, self.model_b]
+
+    def baseline_runs(self) -> list[tuple[str, nn.Module]]:
+        """The parents a finetune trains alike as the fair baseline, by the name of their accuracies."""
+        return [("model_a", self.model_a), ("model_b", self.model_b)]
+
     def to_json(self) -> dict:
         """The ``result.json`` contract (see the design's "CLI and JSON contract")."""
         return {
@@ -357,33 +365,35 @@ def _bn_reset(model: nn.Module, splits: DataSplits, config: FusionConfig, device
     return model
 
 
-def finetune_teacher(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, config: FusionConfig,
+def finetune_teacher(parents: list[nn.Module], splits: DataSplits, config: FusionConfig,
                      device: torch.device | str = "cpu") -> torch.Tensor | None:
     """The parents' ensemble logits on every training example, or None when finetuning does not distil."""
-    return teacher_logits([model_a, model_b], splits.train.tensors[0], device) if config.finetune.distill > 0 else None
+    return teacher_logits(parents, splits.train.tensors[0], device) if config.finetune.distill > 0 else None
 
 
-def finetune_result(result: FusionResult, splits: DataSplits, *, epochs: int | None = None, lr: float | None = None,
+def finetune_result(result, splits: DataSplits, *, epochs: int | None = None, lr: float | None = None,
                     optimizer: str | None = None, parents: bool | None = None, distill: float | None = None,
-                    temperature: float | None = None, progress: Progress | None = None,
+                    temperature: float | None = None, clip_grad_norm: float | None = None,
+                    progress: Progress | None = None,
                     on_epoch: Callable[[str, int, float], None] | None = None) -> FusionResult:
-    """Finetune the fused model (and, as the fair baseline, the parents for the same epochs) in place.
+    """Finetune the fused model of a run (a pair's :class:`FusionResult` or N models' result) in place, and
+    as the fair baseline the parents its ``baseline_runs`` names (a pair's two) for the same epochs.
 
     Every run uses the same settings, distillation from the parents' ensemble included, so the parents'
     numbers are what the same extra training buys *them*. ``histories[name]`` holds the validation
     accuracy after 0 (the start), 1, ..., E epochs.
     """
     changes = {"finetune_epochs": epochs, "finetune_lr": lr, "optimizer": optimizer, "finetune_parents": parents,
-               "distill": distill, "distill_temperature": temperature}
+               "distill": distill, "distill_temperature": temperature, "clip_grad_norm": clip_grad_norm}
     config = result.config.replace(**{k: v for k, v in changes.items() if v is not None})
     training = config.finetune_config()
     result.config = config
     device = resolve_device(config.device)
-    teacher = finetune_teacher(result.model_a, result.model_b, splits, config, device)
+    teacher = finetune_teacher(result.parent_models(), splits, config, device)
     runs = [("fused", result.fused.model)]
     if config.finetune.parents:
-        runs += [("model_a", result.model_a), ("model_b", result.model_b)]
-    for name in ("model_a", "model_b"):  # no stale numbers from an earlier call
+        runs += result.baseline_runs()
+    for name, _ in result.baseline_runs():  # no stale numbers from an earlier call
         result.accuracy.pop(f"{name}_finetuned", None)
         result.histories.pop(name, None)
     report = progress or (lambda fraction, message: None)

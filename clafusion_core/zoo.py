@@ -122,11 +122,16 @@ def trained_model(arch: str, seed: int, dataset: str = "digits", training: Train
     return model
 
 
-def is_cached(key: str) -> bool:
-    """Whether both models of a demo pair are already trained and on disk (loading is then instant)."""
-    pair = DEMO_PAIRS[key]
-    return all(_cache_path(arch, seed, pair.dataset, pair.training).exists()
-               for arch, seed in ((pair.arch_a, pair.seed_a), (pair.arch_b, pair.seed_b)))
+def is_cached(key: str, demo_set: bool = False) -> bool:
+    """Whether every model of a demo pair (or, with ``demo_set``, a demo set) is already trained and on
+    disk (loading is then instant)."""
+    if demo_set:
+        demo = DEMO_SETS[key]
+        members, dataset, training = zip(demo.archs, demo.seeds), demo.dataset, demo.training
+    else:
+        pair = DEMO_PAIRS[key]
+        members, dataset, training = ((pair.arch_a, pair.seed_a), (pair.arch_b, pair.seed_b)), pair.dataset, pair.training
+    return all(_cache_path(arch, seed, dataset, training).exists() for arch, seed in members)
 
 
 def load_demo_pair(key: str = DEFAULT_PAIR, progress: Progress | None = None) -> tuple[nn.Module, nn.Module]:

@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from app_support import state
+from app_support import labels, state
 from clafusion_core import checkpoints, pipeline
 from clafusion_core.checkpoints import checkpoint_bytes, load_checkpoint
 from clafusion_core.config import FinetuneConfig
@@ -28,7 +28,8 @@ from clafusion_core.devices import cuda_available
 from clafusion_core.models import build_model
 
 APP = ROOT / "app.py"
-PAGES = ["pages/1_Alignment.py", "pages/2_Fusion.py", "pages/3_Finetune.py"]
+HOME = labels.PAGES["home"].file
+PAGES = [labels.PAGES[key].file for key in ("alignment", "fusion", "finetune")]
 TIMEOUT = 240
 
 
@@ -70,7 +71,7 @@ def home() -> AppTest:
 
 def test_home_shows_the_default_demo_pair_side_by_side(home):
     assert not at_errors(home)
-    pair = home.session_state[state.PAIR]
+    pair = home.session_state[state.CHOICE]
     assert pair.kind == "demo" and pair.refs[0].demo == "mlp"
     depths = [m.value for m in home.metric if m.label == "Depth"]
     accuracies = [m.value for m in home.metric if m.label == "Test accuracy"]
@@ -91,9 +92,9 @@ def test_choosing_another_demo_pair_persists_across_pages():
     assert [m.value for m in at.metric if m.label == "Depth"] == ["3", "3"]
     at.switch_page(PAGES[0]).run()
     assert_clean(at)
-    assert at.session_state[state.PAIR].refs[0].demo == "mlp-same"
+    assert at.session_state[state.CHOICE].refs[0].demo == "mlp-same"
     assert len(heatmap_spec(at)["data"][0]["z"]) == 3  # a 3 x 3 cost matrix
-    at.switch_page("app.py").run()
+    at.switch_page(HOME).run()
     assert at.selectbox(key=state.DEMO_KEY).value == "mlp-same"
 
 
@@ -106,6 +107,7 @@ def test_page_opened_directly_falls_back_to_the_default_pair(page):
     assert_clean(at)
     assert not at_errors(at)
     assert any("default demo pair" in i for i in texts(at.info)), texts(at.info)
+    assert any("the default, until you choose on Home" in c for c in texts(at.sidebar.caption))  # the router's sidebar
     assert at.get("plotly_chart") or page.endswith("2_Fusion.py")  # Fusion waits for its Run button
 
     assert at.title[0].value.startswith(page.split("/")[1][0])   # "1 · Alignment", ...
@@ -218,14 +220,14 @@ def test_a_downloaded_fused_model_loads_back_into_the_app(mlp_pair, digits):
     fused = pipeline.run_fusion(*mlp_pair, digits)
     at = fresh().run()
     at.radio(key=state.SOURCE_KIND).set_value("upload").run()
-    at.file_uploader(key=state.UPLOAD_A).set_value(
+    at.file_uploader(key=state.UPLOAD_KEYS[0]).set_value(
         ("fused.safetensors", checkpoint_bytes(fused.fused.model, dataset="digits"), "application/octet-stream"))
-    at.file_uploader(key=state.UPLOAD_B).set_value(
+    at.file_uploader(key=state.UPLOAD_KEYS[1]).set_value(
         ("a.safetensors", checkpoint_bytes(model_a, dataset="digits"), "application/octet-stream"))
     at.run()
     assert_clean(at)
     assert not at_errors(at)
-    pair = at.session_state[state.PAIR]
+    pair = at.session_state[state.CHOICE]
     assert pair.kind == "upload" and {r.name for r in pair.refs} == {"fused.safetensors", "a.safetensors"}
     at.switch_page(PAGES[0]).run()
     assert_clean(at)
@@ -236,12 +238,12 @@ def test_a_pt_state_dict_uploads_with_its_arch_inferred(mlp_pair):
     model_a, model_b = mlp_pair
     at = fresh().run()
     at.radio(key=state.SOURCE_KIND).set_value("upload").run()
-    at.file_uploader(key=state.UPLOAD_A).set_value(("a.pt", _pt_bytes(model_a.state_dict()), "application/octet-stream"))
-    at.file_uploader(key=state.UPLOAD_B).set_value(("b.pt", _pt_bytes(model_b.state_dict()), "application/octet-stream"))
+    at.file_uploader(key=state.UPLOAD_KEYS[0]).set_value(("a.pt", _pt_bytes(model_a.state_dict()), "application/octet-stream"))
+    at.file_uploader(key=state.UPLOAD_KEYS[1]).set_value(("b.pt", _pt_bytes(model_b.state_dict()), "application/octet-stream"))
     at.run()
     assert_clean(at)
     assert not at_errors(at)
-    assert at.session_state[state.PAIR].kind == "upload"
+    assert at.session_state[state.CHOICE].kind == "upload"
     assert [m.value for m in at.metric if m.label == "Depth"] == ["5", "3"]
 
 
@@ -324,17 +326,17 @@ def test_bad_upload_gives_one_error_and_keeps_the_pair(case, mlp_pair):
     content, expected = _bad_uploads()[case]
     good = checkpoint_bytes(mlp_pair[1], dataset="digits")
     at = fresh().run()
-    before = at.session_state[state.PAIR]
+    before = at.session_state[state.CHOICE]
     at.radio(key=state.SOURCE_KIND).set_value("upload").run()
-    at.file_uploader(key=state.UPLOAD_A).set_value((f"{case}.pt", content, "application/octet-stream"))
-    at.file_uploader(key=state.UPLOAD_B).set_value(("good.safetensors", good, "application/octet-stream"))
+    at.file_uploader(key=state.UPLOAD_KEYS[0]).set_value((f"{case}.pt", content, "application/octet-stream"))
+    at.file_uploader(key=state.UPLOAD_KEYS[1]).set_value(("good.safetensors", good, "application/octet-stream"))
     at.run()
     assert_clean(at)
     errors = at_errors(at)
     assert len(errors) == 1, errors
     assert expected in errors[0]
     assert "Traceback" not in errors[0]
-    assert at.session_state[state.PAIR] == before          # the pair in use is kept
+    assert at.session_state[state.CHOICE] == before          # the pair in use is kept
     assert [m.value for m in at.metric if m.label == "Depth"] == ["5", "3"]
     at.switch_page(PAGES[0]).run()                          # and the app keeps working
     assert_clean(at)
@@ -345,8 +347,8 @@ def test_too_large_upload_is_refused(monkeypatch, mlp_pair):
     content = checkpoint_bytes(mlp_pair[1], dataset="digits")
     at = fresh().run()
     at.radio(key=state.SOURCE_KIND).set_value("upload").run()
-    at.file_uploader(key=state.UPLOAD_A).set_value(("big.safetensors", content, "application/octet-stream"))
-    at.file_uploader(key=state.UPLOAD_B).set_value(("big2.safetensors", content + b"", "application/octet-stream"))
+    at.file_uploader(key=state.UPLOAD_KEYS[0]).set_value(("big.safetensors", content, "application/octet-stream"))
+    at.file_uploader(key=state.UPLOAD_KEYS[1]).set_value(("big2.safetensors", content + b"", "application/octet-stream"))
     at.run()
     assert_clean(at)
     assert any("upload limit" in e for e in at_errors(at)), at_errors(at)
@@ -355,7 +357,7 @@ def test_too_large_upload_is_refused(monkeypatch, mlp_pair):
 def test_missing_dataset_root_says_where_to_put_the_files(tmp_path):
     at = fresh().run()
     at.radio(key=state.SOURCE_KIND).set_value("paths").run()
-    for slot, key in enumerate((state.PATH_A, state.PATH_B)):
+    for slot, key in enumerate((state.PATH_KEYS[0], state.PATH_KEYS[1])):
         path = tmp_path / f"m{slot}.safetensors"
         torch.manual_seed(slot)
         path.write_bytes(checkpoint_bytes(build_model("mlp:32" if slot else "mlp:64-32", (1, 28, 28), 10),
@@ -366,13 +368,13 @@ def test_missing_dataset_root_says_where_to_put_the_files(tmp_path):
     assert_clean(at)
     errors = at_errors(at)
     assert len(errors) == 1 and "MNIST" in errors[0], errors
-    assert at.session_state[state.PAIR].kind == "demo"
+    assert at.session_state[state.CHOICE].kind == "demo"
 
 
 def test_missing_local_path_is_an_error_not_a_traceback(tmp_path):
     at = fresh().run()
     at.radio(key=state.SOURCE_KIND).set_value("paths").run()
-    at.text_input(key=state.PATH_A).set_value(str(tmp_path / "missing.safetensors")).run()
+    at.text_input(key=state.PATH_KEYS[0]).set_value(str(tmp_path / "missing.safetensors")).run()
     assert_clean(at)
     assert any("does not exist" in e for e in at_errors(at))
 
@@ -385,12 +387,12 @@ def test_local_paths_that_are_not_files_are_refused_without_opening_them(tmp_pat
     at.radio(key=state.SOURCE_KIND).set_value("paths").run()
     for first, second, messages in ((tmp_path / "pipe", "/dev/zero", ("named pipe", "device")),
                                     (tmp_path, str(tmp_path / "a\x00b"), ("folder", "NUL byte"))):
-        at.text_input(key=state.PATH_A).set_value(str(first))
-        at.text_input(key=state.PATH_B).set_value(str(second)).run()
+        at.text_input(key=state.PATH_KEYS[0]).set_value(str(first))
+        at.text_input(key=state.PATH_KEYS[1]).set_value(str(second)).run()
         assert_clean(at)
         errors = at_errors(at)
         assert len(errors) == 2 and all(m in e for m, e in zip(messages, errors)), errors
-        assert at.session_state[state.PAIR].kind == "demo"
+        assert at.session_state[state.CHOICE].kind == "demo"
 
 
 @pytest.mark.timeout(240)
@@ -462,3 +464,29 @@ def test_merge_balancing_is_offered_for_mlps_and_runs(home):
     fusion = at.session_state[state.RESULT][1]
     assert fusion.balanced.removed and fusion.accuracy["balanced_a"] is not None
     at.radio(key=state.BALANCE).set_value("add").run()
+
+
+def test_widgets_of_settings_that_change_nothing_are_disabled(home):
+    """The library's rule (``FusionConfig.ignored``) decides: the regularisation only matters for Sinkhorn, the
+    inserted-layer rule only where balancing inserts identities, the other method's options not at all."""
+    at = home
+    at.switch_page(PAGES[1]).run()
+    assert at.select_slider(key=state.SINKHORN_REG).proto.disabled and not at.radio(key=state.SOLVER).proto.disabled
+    at.radio(key=state.SOLVER).set_value("sinkhorn").run()
+    assert not at.select_slider(key=state.SINKHORN_REG).proto.disabled
+    at.radio(key=state.BALANCE).set_value("merge").run()
+    assert at.radio(key=state.INSERTED_WEIGHT).proto.disabled
+    at.selectbox(key=state.METHOD).set_value("interp").run()
+    assert_clean(at)
+    assert at.radio(key=state.SOLVER).proto.disabled and at.select_slider(key=state.INTERP_SIZE)
+    for key, value in ((state.METHOD, "ot"), (state.BALANCE, "add"), (state.SOLVER, "emd")):
+        (at.selectbox if key == state.METHOD else at.radio)(key=key).set_value(value).run()
+
+
+def test_a_cnn_pair_offers_add_balancing_only_even_from_a_link():
+    at = fresh()
+    at.query_params.update({"pair": "cnn", "balance": "merge"})
+    at.switch_page(PAGES[1]).run()
+    assert_clean(at)
+    assert at.radio(key=state.BALANCE).options == [labels.BALANCE_LABELS["add"]]
+    assert at.session_state[state.BALANCE] == "add"

@@ -2,7 +2,7 @@
 
 Starts ``streamlit run app.py`` on a free local port, goes through Home → 1 · Alignment → 2 · Fusion →
 3 · Finetune on the default demo pair (running the fusion and a 1-epoch finetune), checks that the plotly
-figures render and that no exception reaches the page, opens a page directly in a fresh session, saves
+figures render and that no exception reaches the page, opens every page at its URL path in a fresh session, saves
 screenshots to ``tests/artifacts/`` and measures
 
 * ``metric_switch_s`` — from choosing another cost metric to the redrawn heatmap (and
@@ -26,6 +26,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from app_support import labels
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -182,7 +184,7 @@ def test_every_page_on_the_demo_pair_in_a_real_browser(server, browser):
 
     # Home: the demo pair side by side
     page.goto(server)
-    expect(page.get_by_text("The pair in use")).to_be_visible()
+    expect(page.get_by_text("The networks in use")).to_be_visible()
     expect(page.get_by_text("Test accuracy").first).to_be_visible()
     wait_idle(page)
     assert plotly_count(page, 1) >= 1
@@ -252,15 +254,20 @@ def test_every_page_on_the_demo_pair_in_a_real_browser(server, browser):
     shot(page, "6_finetune")
     page.close()
 
-    # a page opened directly in a fresh session falls back to the default pair and says so
-    fresh = browser.new_page(viewport=VIEWPORT)
-    fresh.set_default_timeout(STEP_TIMEOUT_MS)
-    fresh.goto(f"{server}/Fusion")
-    expect(fresh.get_by_text("uses the default demo pair")).to_be_visible()
-    wait_idle(fresh)
-    assert_no_exception(fresh, "Fusion opened directly")
-    shot(fresh, "7_fusion_opened_directly")
-    fresh.close()
+    # every page opened directly at its URL path in a fresh session falls back to the default pair and says so
+    for key, info in labels.PAGES.items():
+        if not info.url_path:
+            continue
+        fresh = browser.new_page(viewport=VIEWPORT)
+        fresh.set_default_timeout(STEP_TIMEOUT_MS)
+        fresh.goto(f"{server}/{info.url_path}")
+        expect(fresh.get_by_role("heading", name=info.title)).to_be_visible()
+        expect(fresh.get_by_text("uses the default demo pair")).to_be_visible()
+        wait_idle(fresh)
+        assert_no_exception(fresh, f"{info.title} opened directly")
+        if key == "fusion":
+            shot(fresh, "7_fusion_opened_directly")
+        fresh.close()
 
     (ARTIFACTS / "browser_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     print("browser timings:", json.dumps(timings))

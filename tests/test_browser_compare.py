@@ -1,4 +1,6 @@
-"""The Compare page in headless Chromium, opened from a shared link (see test_browser.py for the setup)."""
+"""The Compare page in headless Chromium, opened from a shared link as the first request to a fresh server
+(see test_browser.py for the setup): a direct URL must reach the router, never Streamlit's legacy ``pages/``
+runner, which would run the page on its own."""
 
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ def test_a_shared_compare_link_draws_the_barrier_and_the_method_table(server, br
     expect.set_options(timeout=STEP_TIMEOUT_MS)
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(STEP_TIMEOUT_MS)
-    page.goto(f"{server}/Compare?pair=mlp-same&points=5&cmp_epochs=0&ground=weights")
+    page.goto(f"{server}/Compare?pair=mlp-same&points=5&cmp_epochs=0&ground_metric=weights")
     expect(page.get_by_text("Settings from the Alignment and Fusion pages")).to_be_visible()
     wait_idle(page)
-    assert "pair=mlp-same" in page.url and "ground=weights" in page.url     # the link is kept as it was shared
+    assert "pair=mlp-same" in page.url and "ground_metric=weights" in page.url     # the link is kept as it was shared
     assert page.get_by_text("uses the default demo pair").count() == 0
 
     start = time.perf_counter()

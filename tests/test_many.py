@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from clafusion_core.errors import AlignmentError
-from clafusion_core.many import choose_reference, fuse_many, normalised_weights
+from clafusion_core.many import allowed_references, choose_reference, fuse_many, normalised_weights
 from clafusion_core.config import FusionConfig
+from clafusion_core.pipeline import finetune_result
 from clafusion_core.zoo import DEMO_SETS, load_demo_set
 from model_utils import permuted_copy, random_model
 
@@ -91,3 +92,28 @@ def test_weights_are_normalised_and_checked():
     for bad in ([1, 1], [1, -1, 1], [0, 0, 0]):
         with pytest.raises(AlignmentError, match="3 non-negative fusion weights"):
             normalised_weights(bad, 3)
+
+
+def test_the_config_carries_the_target_and_weights_and_the_result_records_them(digits):
+    parents = [random_model("mlp:40-30-20", seed=s) for s in (1, 2, 3)]
+    by_config = fuse_many(parents, digits, EXACT.replace(reference=1, weights=(1, 0, 0)))
+    by_args = fuse_many(parents, digits, EXACT, reference=1, weights=[1, 0, 0])
+    assert by_config.reference == by_args.reference == 1 and by_config.weights == by_args.weights == [1.0, 0.0, 0.0]
+    assert by_config.config == by_args.config and by_args.config.fusion.weights == (1.0, 0.0, 0.0)
+    inputs = digits.test.tensors[0]
+    assert _max_output_error(by_config.fused.model, by_args.fused.model, inputs) == 0
+    assert _max_output_error(by_config.fused.model, parents[0], inputs) < 1e-4
+
+
+def test_the_allowed_targets_follow_the_balancing(mixed_set, same_shape_pair):
+    assert allowed_references(mixed_set, "add") == [0] and allowed_references(mixed_set, "merge") == [2]
+    assert allowed_references([*same_shape_pair, same_shape_pair[0]], "add") == [0, 1, 2]
+
+
+def test_finetuning_an_n_model_fusion_afterwards_equals_finetuning_within_it(mixed_set, digits):
+    """What the app's Finetune page does (``finetune_result`` on the one-shot result) is ``fuse_many``'s own finetune."""
+    within = fuse_many(mixed_set, digits, FusionConfig.from_flat(finetune_epochs=1))
+    after = finetune_result(fuse_many(mixed_set, digits), digits, epochs=1)
+    assert after.histories == within.histories and len(after.histories["fused"]) == 2
+    assert after.accuracy["fused_finetuned"] == within.accuracy["fused_finetuned"] is not None
+    assert after.config == within.config

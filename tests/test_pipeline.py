@@ -188,7 +188,7 @@ OTHER_VALUES = dict(dataset="mnist", data_root="/data", cost="cca", probe_size=3
                     sinkhorn_reg=0.05, fusion_weight=0.3, input_scaling="sum", marginals="importance",
                     inserted_weight="average", repair=False, bn_reset=False, finetune_epochs=3, finetune_lr=0.05,
                     optimizer="adam", distill=0.5, distill_temperature=2.0, finetune_parents=True, clip_grad_norm=0.5, seed=7,
-                    device="cpu", mapping=((0, 2),), squared=True, input_correction=False)
+                    device="cpu", mapping=((0, 2),), squared=True, input_correction=False, reference=1, weights=(1.0, 2.0))
 
 
 def test_the_stale_result_check_covers_every_setting():
@@ -277,3 +277,38 @@ def test_out_of_memory_on_the_cpu_is_not_retried(mlp_pair, digits, monkeypatch):
     monkeypatch.setattr(pipeline, "fuse_balanced", out_of_memory)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         run_fusion(*mlp_pair, digits, FusionConfig.from_flat(device="cpu"))
+
+
+# (base settings, a setting the base makes ignored, another value of it)
+IGNORED = {
+    "regularisation-under-emd": (dict(solver="emd"), "sinkhorn_reg", 0.2),
+    "ground-activation-under-weights": (dict(ground_metric="weights"), "ground_activation", "pre"),
+    "inserted-rule-under-merge": (dict(balance="merge"), "inserted_weight", "average"),
+    "conv-features-of-an-mlp": ({}, "conv_features", "flatten"),
+    "temperature-without-distillation": (dict(distill=0.0, finetune_epochs=1), "distill_temperature", 1.0),
+}
+
+
+@pytest.mark.parametrize("base, name, other", IGNORED.values(), ids=IGNORED.keys())
+def test_a_setting_the_config_calls_ignored_changes_nothing(mlp_pair, digits, base, name, other):
+    """``FusionConfig.ignored`` (the app disables those widgets) names settings that truly change nothing."""
+    config = FusionConfig.from_flat(**base)
+    assert name in config.ignored("mlp")
+    first, second = (run_fusion(*mlp_pair, digits, c) for c in (config, config.replace(**{name: other})))
+    final = (lambda r: r.fused_finetuned or r.fused.model)
+    for key, value in final(first).state_dict().items():
+        torch.testing.assert_close(final(second).state_dict()[key], value, rtol=0, atol=0)
+    assert _no_timings(first.to_json()) | {"config": None} == _no_timings(second.to_json()) | {"config": None}
+
+
+def test_no_setting_is_ignored_when_none_is_bypassed():
+    assert FusionConfig.from_flat(solver="sinkhorn", distill=0.5).ignored("vgg") == set()
+    assert FusionConfig.from_flat(method="interp", grouping="hungarian").ignored("vgg") == {"restarts", "iterations"}
+
+
+def test_merge_balancing_is_offered_for_mlps_only():
+    from clafusion_core.balancing import BALANCE_METHODS, balance_methods
+
+    assert balance_methods(build_model("mlp:32-16", (1, 8, 8), 10)) == BALANCE_METHODS
+    for spec in ("vgg:8-M-16", "resnet:1-1-1-1@8-8-16-16"):
+        assert balance_methods(build_model(spec, (1, 8, 8), 10)) == ("add",)
