@@ -230,7 +230,8 @@ def align_and_balance(model_a: nn.Module, model_b: nn.Module, batch: FusionBatch
         if id(model) not in store:
             store[id(model)] = compute_activations(model, batch.inputs, config)
     alignment = compute_alignment(store[id(model_a)], store[id(model_b)], model_a, config)
-    balanced = balance(model_a, model_b, alignment.mappings, config.balancing.method, batch.inputs)
+    balanced = balance(model_a, model_b, alignment.mappings, config.balancing.method, batch.inputs,
+                       config.balancing.identity_width)
     return BalancedPair(model_a, model_b, swapped, alignment, balanced)
 
 
@@ -321,7 +322,8 @@ def run_fusion(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, confi
         alignment = compute_alignment(acts_a, acts_b, model_a, config)
     report(0.15, "balancing")
     with _timed(timings, "balancing"):
-        balanced = balance(model_a, model_b, alignment.mappings, config.balancing.method, batch.inputs)
+        balanced = balance(model_a, model_b, alignment.mappings, config.balancing.method, batch.inputs,
+                       config.balancing.identity_width)
     report(0.2, "fusion")
     with _timed(timings, "fusion"):
         fused, layer_weights, repair_report = fuse_balanced(balanced, batch, splits, config, device)
