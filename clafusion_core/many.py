@@ -29,7 +29,7 @@ from .layers import model_view
 from .methods import FusionOutput, get_method
 from .otfusion import weighted_average
 from .pipeline import BalancedPair, align_and_balance, describe_model, fusion_batch, \
-    inserted_layer_weights, repair_and_reset, run_record
+    inserted_layer_weights, fuse_and_repair, run_record
 from .config import FusionConfig
 from .train import Progress, cached_accuracy, evaluate, finetune, reset_batchnorm
 
@@ -144,10 +144,7 @@ def fuse_many(models: Sequence[nn.Module], splits: DataSplits, config: FusionCon
     report(0.35, f"fusion ({get_method(config.fusion.name).title})")
     start = time.perf_counter()
     batch = batch.to(device)
-    method = get_method(config.fusion.name)
-    method_batch = method.batch(splits, batch, config.fusion.options).to(device)
-    fused = method.fuse(parents, reference, weights, method_batch, config.fusion.options, layer_weights)
-    repair = repair_and_reset(fused, parents, weights, layer_weights, batch, splits, config, device)
+    fused, repair = fuse_and_repair(parents, reference, weights, layer_weights, batch, splits, config, device)
     timings["fusion"] = time.perf_counter() - start
 
     report(0.5, "evaluation")

@@ -257,10 +257,52 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
     batch = batch.to(device)
     weights = [1 - config.fusion.weight, config.fusion.weight]
     layer_weights = inserted_layer_weights(balanced, config.fusion.weight, config.fusion.inserted)
+    fused, report = fuse_and_repair(parents, 1, weights, layer_weights, batch, splits, config, device)
+    return fused, layer_weights, report
+
+
+def ground_activation_candidates(config: FusionConfig) -> list:
+    """The method options :func:`fuse_and_repair` tries: OT's ``ground_activation="auto"`` gives one per
+    entry of :data:`~.otfusion.AUTO_GROUND_ACTIVATIONS`; anything else is tried as it is."""
+    from dataclasses import replace
+
+    from .otfusion import AUTO_GROUND_ACTIVATIONS, OTOptions
+
+    options = config.fusion.options
+    if isinstance(options, OTOptions) and options.ground_activation == "auto":
+        if options.ground_metric != "activations":
+            return [replace(options, ground_activation=AUTO_GROUND_ACTIVATIONS[0])]
+        return [replace(options, ground_activation=choice) for choice in AUTO_GROUND_ACTIVATIONS]
+    return [options]
+
+
+def fuse_and_repair(parents: list[nn.Module], reference: int, weights: list[float],
+                    layer_weights: dict[str, list[float]], batch: FusionBatch, splits: DataSplits,
+                    config: FusionConfig, device: torch.device) -> tuple[FusionOutput, dict]:
+    """Fuse ``parents`` (placed on ``device``) with the configured method, then :func:`repair_and_reset`.
+
+    Where the options leave a choice to the validation split (OT's ``ground_activation="auto"``), every
+    candidate is fused and repaired and the one with the best validation accuracy is kept (the first on
+    ties); the report's ``ground_activation`` says which, with each candidate's validation accuracy.
+    Never the test split.
+    """
     method = get_method(config.fusion.name)
-    method_batch = method.batch(splits, batch, config.fusion.options).to(device)
-    fused = method.fuse(parents, 1, weights, method_batch, config.fusion.options, layer_weights)
-    return fused, layer_weights, repair_and_reset(fused, parents, weights, layer_weights, batch, splits, config, device)
+    candidates = ground_activation_candidates(config)
+    best = None
+    scores = {}
+    for options in candidates:
+        method_batch = method.batch(splits, batch, options).to(device)
+        fused = method.fuse(parents, reference, weights, method_batch, options, layer_weights)
+        report = repair_and_reset(fused, parents, weights, layer_weights, batch, splits, config, device)
+        if len(candidates) == 1:
+            return fused, report
+        val = evaluate(fused.model, splits.val, device)
+        scores[options.ground_activation] = val
+        if best is None or val > best[2]:
+            best = (fused, report, val, options.ground_activation)
+    fused, report, _, chosen = best
+    report["ground_activation"] = {"chosen": chosen, "val": scores}
+    return fused, report
 
 
 def repair_and_reset(fused: FusionOutput, parents: list[nn.Module], weights: list[float],
