@@ -88,7 +88,11 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ground-metric", default=DEFAULTS["ground_metric"], choices=GROUND_METRICS)
     parser.add_argument("--ground-activation", default=DEFAULTS["ground_activation"], choices=GROUND_ACTIVATIONS,
                         help="activations of the OT ground metric (its own, not the cost matrix's --activation); "
-                             "auto: fuse with post- and pre-ReLU ones, keep the better on the validation split")
+                             "the other choice is tried too and the fusion better on validation kept, unless "
+                             "--fixed-ground-activation")
+    parser.add_argument("--fixed-ground-activation", dest="choose_ground_activation", action="store_false",
+                        help="OT: use --ground-activation as given, instead of also fusing with the other one and "
+                             "keeping the fusion better on the validation split (ties: the given one)")
     parser.add_argument("--ground-conv-features", default=DEFAULTS["ground_conv_features"], choices=GROUND_CONV_FEATURES,
                         help="conv maps in the OT ground metric: every position a sample, or the channel mean")
     parser.add_argument("--inserted-weight", default=DEFAULTS["inserted_weight"], choices=INSERTED_WEIGHTS,

@@ -262,17 +262,17 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
 
 
 def ground_activation_candidates(config: FusionConfig) -> list:
-    """The method options :func:`fuse_and_repair` tries: OT's ``ground_activation="auto"`` gives one per
-    entry of :data:`~.otfusion.AUTO_GROUND_ACTIVATIONS`; anything else is tried as it is."""
+    """The method options :func:`fuse_and_repair` tries: with OT's ``choose_ground_activation`` (and the
+    ``activations`` ground metric) the configured ground activation first, then the other one; anything
+    else is tried as it is."""
     from dataclasses import replace
 
-    from .otfusion import AUTO_GROUND_ACTIVATIONS, OTOptions
+    from .otfusion import GROUND_ACTIVATIONS, OTOptions
 
     options = config.fusion.options
-    if isinstance(options, OTOptions) and options.ground_activation == "auto":
-        if options.ground_metric != "activations":
-            return [replace(options, ground_activation=AUTO_GROUND_ACTIVATIONS[0])]
-        return [replace(options, ground_activation=choice) for choice in AUTO_GROUND_ACTIVATIONS]
+    if isinstance(options, OTOptions) and options.choose_ground_activation and options.ground_metric == "activations":
+        return [options] + [replace(options, ground_activation=other) for other in GROUND_ACTIVATIONS
+                            if other != options.ground_activation]
     return [options]
 
 
@@ -281,9 +281,9 @@ def fuse_and_repair(parents: list[nn.Module], reference: int, weights: list[floa
                     config: FusionConfig, device: torch.device) -> tuple[FusionOutput, dict]:
     """Fuse ``parents`` (placed on ``device``) with the configured method, then :func:`repair_and_reset`.
 
-    Where the options leave a choice to the validation split (OT's ``ground_activation="auto"``), every
-    candidate is fused and repaired and the one with the best validation accuracy is kept (the first on
-    ties); the report's ``ground_activation`` says which, with each candidate's validation accuracy.
+    Where the options leave a choice to the validation split (OT's ``choose_ground_activation``), every
+    candidate is fused and repaired and the one with the best validation accuracy is kept (the configured
+    one on ties); the report's ``ground_activation`` says which, with each candidate's validation accuracy.
     Never the test split.
     """
     method = get_method(config.fusion.name)
