@@ -261,7 +261,7 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
     return fused, layer_weights, report
 
 
-def ground_activation_candidates(config: FusionConfig) -> list:
+def ground_activation_candidates(options) -> list:
     """The method options :func:`fuse_and_repair` tries: with OT's ``choose_ground_activation`` (and the
     ``activations`` ground metric) the configured ground activation first, then the other one; anything
     else is tried as it is."""
@@ -269,7 +269,6 @@ def ground_activation_candidates(config: FusionConfig) -> list:
 
     from .otfusion import GROUND_ACTIVATIONS, OTOptions
 
-    options = config.fusion.options
     if isinstance(options, OTOptions) and options.choose_ground_activation and options.ground_metric == "activations":
         return [options] + [replace(options, ground_activation=other) for other in GROUND_ACTIVATIONS
                             if other != options.ground_activation]
@@ -287,7 +286,7 @@ def fuse_and_repair(parents: list[nn.Module], reference: int, weights: list[floa
     Never the test split.
     """
     method = get_method(config.fusion.name)
-    candidates = ground_activation_candidates(config)
+    candidates = ground_activation_candidates(config.fusion.options)
     best = None
     scores = {}
     for options in candidates:
