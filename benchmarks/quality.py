@@ -169,7 +169,7 @@ def run_setup(dataset: str, setup: str, seed: int, splits, args, finetune_lr: fl
             "finetuned": None, "val_finetuned": None,
         }
         if row["finetune"] and args.finetune_epochs > 0:
-            key = (config.balancing.method, repr(config.fusion), config.repair.statistics, repr(result0.alignment.mappings))
+            key = (repr(config.balancing), repr(config.fusion), config.repair.statistics, repr(result0.alignment.mappings))
             if key not in finetuned_cache:
                 start = time.perf_counter()
                 finetune_result(result0, splits, epochs=args.finetune_epochs, parents=not parents_done)

@@ -33,6 +33,10 @@ from .layers import model_view
 from .models import rebuild, with_stage_depths
 
 BALANCE_METHODS = ("add", "merge")
+#: How wide an inserted identity unit is: ``input`` — the width flowing into it (CLAFusion's identity),
+#: ``deeper`` — the width of the deeper model's unit it stands in for where that is wider (an identity
+#: padded with dead channels, ``[I; 0]``, and the next unit reading them through zero weights: still exact).
+IDENTITY_WIDTHS = ("deeper", "input")
 
 
 def balance_methods(model: nn.Module) -> tuple[str, ...]:
@@ -53,13 +57,24 @@ class Balanced:
 
 
 def _copy_state(source: nn.Module, target: nn.Module, rename: dict[str, str]) -> None:
-    """Copy every tensor of ``source``'s state into ``target``, mapping unit prefixes by ``rename``."""
+    """Copy every tensor of ``source``'s state into ``target``, mapping unit prefixes by ``rename``.
+
+    A target tensor larger than its source (a unit reading a widened identity unit's extra, always-zero
+    channels) gets the source in its leading slice and zeros elsewhere, so those channels are never read.
+    """
     target_state = target.state_dict()
     for key, value in source.state_dict().items():
         prefix = next((p for p in rename if key.startswith(p + ".")), None)
         new_key = rename[prefix] + key[len(prefix):] if prefix else key
-        if new_key in target_state:
+        if new_key not in target_state:
+            continue
+        wanted = target_state[new_key]
+        if wanted.shape == value.shape:
             target_state[new_key] = value.clone()
+        else:
+            padded = torch.zeros_like(wanted)
+            padded[tuple(slice(0, n) for n in value.shape)] = value
+            target_state[new_key] = padded
     target.load_state_dict(target_state)
 
 
@@ -73,9 +88,15 @@ def _check_alignment(mappings: list[list[int]], depths_a: list[int], depths_b: l
                                  f"{m} layers; recompute the alignment.")
 
 
-def add_identity_units(model_b: nn.Module, mappings: list[list[int]], depths_a: list[int]) -> Balanced:
+def add_identity_units(model_b: nn.Module, mappings: list[list[int]], depths_a: list[int],
+                       widths_a: list[list[int]] | None = None) -> Balanced:
     """Make B as deep as A: stage s of the result has ``depths_a[s]`` units, B's unit j at position
-    ``mappings[s][j]`` and an identity unit at every other position."""
+    ``mappings[s][j]`` and an identity unit at every other position.
+
+    An identity unit is as wide as its input, or — given ``widths_a`` (A's unit widths per stage) — as
+    wide as A's unit at its position where that is wider (``[I; 0]``: the extra channels are always zero).
+    Families whose units take their stage's width (ResNet) keep that width either way.
+    """
     view = model_view(model_b)
     _check_alignment(mappings, depths_a, [len(s) for s in view.stages])
     unit_widths, rename, identity_positions, exact = [], {}, [], True
@@ -91,6 +112,8 @@ def add_identity_units(model_b: nn.Module, mappings: list[list[int]], depths_a: 
                 if width is None:
                     exact = False
                     width = model_b.family.input_width(model_b.input_shape)
+                if widths_a is not None:
+                    width = max(width, widths_a[stage][position])
             widths.append(width)
         unit_widths.append(widths)
     new_spec = with_stage_depths(model_b.spec, depths_a, unit_widths)
@@ -147,11 +170,18 @@ def merge_units(model_a: nn.Module, mapping: list[int], probe: torch.Tensor) -> 
 
 
 def balance(model_a: nn.Module, model_b: nn.Module, mappings: list[list[int]], method: str = "add",
-            probe: torch.Tensor | None = None) -> Balanced:
-    """Balance A (deeper) and B (shallower) under the per-stage alignment ``mappings``."""
-    depths_a = [len(s) for s in model_view(model_a).stages]
+            probe: torch.Tensor | None = None, identity_width: str = "deeper") -> Balanced:
+    """Balance A (deeper) and B (shallower) under the per-stage alignment ``mappings``.
+
+    ``identity_width`` (``add`` only): see :data:`IDENTITY_WIDTHS`.
+    """
+    if identity_width not in IDENTITY_WIDTHS:
+        raise AlignmentError(f"Unknown identity width '{identity_width}'; choose one of {IDENTITY_WIDTHS}.")
+    stages_a = model_view(model_a).stages
+    depths_a = [len(s) for s in stages_a]
     if method == "add":
-        result = add_identity_units(model_b, mappings, depths_a)
+        widths_a = [[unit.width for unit in stage] for stage in stages_a] if identity_width == "deeper" else None
+        result = add_identity_units(model_b, mappings, depths_a, widths_a)
         result.model_a = model_a
         return result
     if method == "merge":

@@ -38,7 +38,7 @@ from .devices import cpu_fallback, placed_on, resolve_device
 from .errors import FusionError
 from .methods import METHODS, FusionBatch, FusionOutput
 from .otfusion import weighted_average
-from .pipeline import align_and_balance, describe_model, fusion_batch
+from .pipeline import align_and_balance, describe_model, fuse_and_repair, fusion_batch, ground_activation_candidates
 from .repair import repair_statistics, repairable_layers, with_biases
 from .config import FusionConfig
 from .train import Progress, accuracy_of_logits, predict_logits, reset_batchnorm
@@ -173,7 +173,9 @@ def barrier_curves(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, c
     """Loss and accuracy along the naive path and every aligned path (module docstring), with barrier heights.
 
     ``methods`` are registry names (default: every registered method); each is run once, with the
-    config's options for it and equal weights, on the config's probe batch; ``config.repair.statistics`` adds the
+    config's options for it and equal weights, on the config's probe batch (a choice the options leave to
+    the validation split, OT's ``choose_ground_activation``, is made as the pipeline makes it — one
+    alignment per candidate — so the curve runs through the model :func:`~.pipeline.run_fusion` fuses); ``config.repair.statistics`` adds the
     repaired twins. ``on_point`` is called after
     every point (for drawing progressively), ``progress`` with the fraction of points done.
     """
@@ -200,7 +202,13 @@ def barrier_curves(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, c
             skipped[name] = f"{method.title} builds a new model per weight (no aligned parents), so it has no straight path."
             continue
         start = time.perf_counter()
-        output = method.fuse(parents, 1, [0.5, 0.5], batch, config.options_for(name))
+        options = config.options_for(name)
+        if len(ground_activation_candidates(options)) > 1:
+            # the choice the pipeline makes on the validation split: the path runs through run_fusion's model
+            own = config if name == config.fusion.name else config.replace(method=name)
+            output, _ = fuse_and_repair(parents, 1, [0.5, 0.5], {}, batch, splits, own, device)
+        else:
+            output = method.fuse(parents, 1, [0.5, 0.5], batch, options)
         timings[f"fuse:{name}"] = time.perf_counter() - start
         paths += aligned_paths(name, method.title, output, parents, batch, config.repair.statistics)
 

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .activations import CONV_MODES
-from .balancing import BALANCE_METHODS
+from .balancing import BALANCE_METHODS, IDENTITY_WIDTHS
 from .baselines import teacher_logits
 from .barrier import DEFAULT_POINTS, barrier_curves
 from .checkpoints import load_checkpoint, save_checkpoint
@@ -82,10 +82,18 @@ def _add_alignment_options(parser: argparse.ArgumentParser) -> None:
 def _add_method_options(parser: argparse.ArgumentParser) -> None:
     """Balancing, the fusion method's options, repair, BatchNorm reset, seed and device."""
     parser.add_argument("--balance", default=DEFAULTS["balance"], choices=BALANCE_METHODS)
+    parser.add_argument("--identity-width", default=DEFAULTS["identity_width"], choices=IDENTITY_WIDTHS,
+                        help="add balancing: an inserted identity as wide as the deeper model's layer it stands in "
+                             "for where that is wider (padded with always-zero channels; exact), or as its input")
     parser.add_argument("--method", default=DEFAULTS["method"], choices=sorted(METHODS), help="fusion method")
     parser.add_argument("--ground-metric", default=DEFAULTS["ground_metric"], choices=GROUND_METRICS)
     parser.add_argument("--ground-activation", default=DEFAULTS["ground_activation"], choices=GROUND_ACTIVATIONS,
-                        help="activations of the OT ground metric (its own, not the cost matrix's --activation)")
+                        help="activations of the OT ground metric (its own, not the cost matrix's --activation); "
+                             "the other choice is tried too and the fusion better on validation kept, unless "
+                             "--fixed-ground-activation")
+    parser.add_argument("--fixed-ground-activation", dest="choose_ground_activation", action="store_false",
+                        help="OT: use --ground-activation as given, instead of also fusing with the other one and "
+                             "keeping the fusion better on the validation split (ties: the given one)")
     parser.add_argument("--ground-conv-features", default=DEFAULTS["ground_conv_features"], choices=GROUND_CONV_FEATURES,
                         help="conv maps in the OT ground metric: every position a sample, or the channel mean")
     parser.add_argument("--inserted-weight", default=DEFAULTS["inserted_weight"], choices=INSERTED_WEIGHTS,

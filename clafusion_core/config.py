@@ -71,12 +71,15 @@ class AlignmentConfig:
 @dataclass(frozen=True)
 class BalancingConfig:
     method: str = "add"
+    identity_width: str = "deeper"     # add: an inserted identity as wide as the deeper model's unit, or its "input"
 
     def __post_init__(self):
-        from .balancing import BALANCE_METHODS
+        from .balancing import BALANCE_METHODS, IDENTITY_WIDTHS
 
         if self.method not in BALANCE_METHODS:
             raise AlignmentError(f"Unknown balancing '{self.method}'; choose one of {BALANCE_METHODS}.")
+        if self.identity_width not in IDENTITY_WIDTHS:
+            raise AlignmentError(f"Unknown identity width '{self.identity_width}'; choose one of {IDENTITY_WIDTHS}.")
 
 
 def _default_options():
@@ -138,7 +141,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "probe_seed": ("probe", "seed"),
     **{name: ("alignment", name) for name in ("cost", "activation", "conv_features", "pin_first", "pin_last",
                                                 "mapping")},
-    "balance": ("balancing", "method"),
+    "balance": ("balancing", "method"), "identity_width": ("balancing", "identity_width"),
     "method": ("fusion", "name"), "fusion_weight": ("fusion", "weight"), "inserted_weight": ("fusion", "inserted"),
     "reference": ("fusion", "reference"), "weights": ("fusion", "weights"),
     "repair": ("repair", "statistics"), "bn_reset": ("repair", "bn_reset"),

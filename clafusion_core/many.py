@@ -28,8 +28,8 @@ from .errors import AlignmentError
 from .layers import model_view
 from .methods import FusionOutput, get_method
 from .otfusion import weighted_average
-from .pipeline import BalancedPair, align_and_balance, describe_model, finetune_result, fusion_batch, \
-    inserted_layer_weights, repair_and_reset, run_fusion, run_record
+from .pipeline import BalancedPair, align_and_balance, describe_model, finetune_result, fuse_and_repair, \
+    fusion_batch, inserted_layer_weights, run_fusion, run_record
 from .config import FusionConfig
 from .train import Progress, cached_accuracy, evaluate, reset_batchnorm
 
@@ -165,10 +165,7 @@ def fuse_many(models: Sequence[nn.Module], splits: DataSplits, config: FusionCon
     report(0.35, f"fusion ({get_method(config.fusion.name).title})")
     start = time.perf_counter()
     batch = batch.to(device)
-    method = get_method(config.fusion.name)
-    method_batch = method.batch(splits, batch, config.fusion.options).to(device)
-    fused = method.fuse(parents, reference, weights, method_batch, config.fusion.options, layer_weights)
-    repair = repair_and_reset(fused, parents, weights, layer_weights, batch, splits, config, device)
+    fused, repair = fuse_and_repair(parents, reference, weights, layer_weights, batch, splits, config, device)
     timings["fusion"] = time.perf_counter() - start
 
     report(0.5, "evaluation")

@@ -238,7 +238,8 @@ def align_and_balance(model_a: nn.Module, model_b: nn.Module, batch: FusionBatch
         if id(model) not in store:
             store[id(model)] = compute_activations(model, batch.inputs, config)
     alignment = compute_alignment(store[id(model_a)], store[id(model_b)], model_a, config)
-    balanced = balance(model_a, model_b, alignment.mappings, config.balancing.method, batch.inputs)
+    balanced = balance(model_a, model_b, alignment.mappings, config.balancing.method, batch.inputs,
+                       config.balancing.identity_width)
     return BalancedPair(model_a, model_b, swapped, alignment, balanced)
 
 
@@ -264,10 +265,51 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
     batch = batch.to(device)
     weights = [1 - config.fusion.weight, config.fusion.weight]
     layer_weights = inserted_layer_weights(balanced, config.fusion.weight, config.fusion.inserted)
+    fused, report = fuse_and_repair(parents, 1, weights, layer_weights, batch, splits, config, device)
+    return fused, layer_weights, report
+
+
+def ground_activation_candidates(options) -> list:
+    """The method options :func:`fuse_and_repair` tries: with OT's ``choose_ground_activation`` (and the
+    ``activations`` ground metric) the configured ground activation first, then the other one; anything
+    else is tried as it is."""
+    from dataclasses import replace
+
+    from .otfusion import GROUND_ACTIVATIONS, OTOptions
+
+    if isinstance(options, OTOptions) and options.choose_ground_activation and options.ground_metric == "activations":
+        return [options] + [replace(options, ground_activation=other) for other in GROUND_ACTIVATIONS
+                            if other != options.ground_activation]
+    return [options]
+
+
+def fuse_and_repair(parents: list[nn.Module], reference: int, weights: list[float],
+                    layer_weights: dict[str, list[float]], batch: FusionBatch, splits: DataSplits,
+                    config: FusionConfig, device: torch.device) -> tuple[FusionOutput, dict]:
+    """Fuse ``parents`` (placed on ``device``) with the configured method, then :func:`repair_and_reset`.
+
+    Where the options leave a choice to the validation split (OT's ``choose_ground_activation``), every
+    candidate is fused and repaired and the one with the best validation accuracy is kept (the configured
+    one on ties); the report's ``ground_activation`` says which, with each candidate's validation accuracy.
+    Never the test split.
+    """
     method = get_method(config.fusion.name)
-    method_batch = method.batch(splits, batch, config.fusion.options).to(device)
-    fused = method.fuse(parents, 1, weights, method_batch, config.fusion.options, layer_weights)
-    return fused, layer_weights, repair_and_reset(fused, parents, weights, layer_weights, batch, splits, config, device)
+    candidates = ground_activation_candidates(config.fusion.options)
+    best = None
+    scores = {}
+    for options in candidates:
+        method_batch = method.batch(splits, batch, options).to(device)
+        fused = method.fuse(parents, reference, weights, method_batch, options, layer_weights)
+        report = repair_and_reset(fused, parents, weights, layer_weights, batch, splits, config, device)
+        if len(candidates) == 1:
+            return fused, report
+        val = evaluate(fused.model, splits.val, device)
+        scores[options.ground_activation] = val
+        if best is None or val > best[2]:
+            best = (fused, report, val, options.ground_activation)
+    fused, report, _, chosen = best
+    report["ground_activation"] = {"chosen": chosen, "val": scores}
+    return fused, report
 
 
 def repair_and_reset(fused: FusionOutput, parents: list[nn.Module], weights: list[float],
@@ -329,7 +371,8 @@ def run_fusion(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, confi
         alignment = compute_alignment(acts_a, acts_b, model_a, config)
     report(0.15, "balancing")
     with _timed(timings, "balancing"):
-        balanced = balance(model_a, model_b, alignment.mappings, config.balancing.method, batch.inputs)
+        balanced = balance(model_a, model_b, alignment.mappings, config.balancing.method, batch.inputs,
+                       config.balancing.identity_width)
     report(0.2, "fusion")
     with _timed(timings, "fusion"):
         fused, layer_weights, repair_report = fuse_balanced(balanced, batch, splits, config, device)

@@ -77,3 +77,53 @@ def test_balancing_follows_the_dp_alignment():
     mapping = align_layers(cost)
     balanced = balance(random_model("mlp:50-40-30-20-10"), random_model("mlp:40-30-20"), [mapping], "add")
     assert sorted(p for _, p in balanced.inserted) == sorted(set(range(5)) - set(mapping))
+
+
+# (deeper A, shallower B, matching, the balanced B's unit widths per stage under identity_width="deeper")
+WIDENING = {
+    "mlp": ("mlp:40-60-20", "mlp:40-20", [[0, 2]], [[40, 60, 20]]),
+    "cnn": ("vgg:8-8-M-16-16-M-32-32/24", "vgg:8-M-16-M-32/24", [[0], [1], [0], [0]],
+            [[8, 8], [16, 16], [32, 32], [24]]),
+    "cnn-bn": ("vgg:8-8-M-16-16-M-32-bn/24", "vgg:8-M-16-M-32-bn/24", [[0], [1], [0], [0]],
+               [[8, 8], [16, 16], [32], [24]]),
+    "cnn-classifier": ("vgg:8-M-16/24-40", "vgg:8-M-16/24", [[0], [0], [0]], [[8], [16], [24, 40]]),
+}
+
+
+@pytest.mark.parametrize("case", WIDENING.values(), ids=WIDENING.keys())
+def test_identity_units_take_the_deeper_width_and_stay_exact(case):
+    """An identity standing in for a wider layer of A is ``[I; 0]`` with A's width, and the layer after it
+    reads the extra (always-zero) channels through zero weights: the balanced B still computes B exactly."""
+    spec_a, spec_b, mapping, widths = case
+    model_a, model_b = random_model(spec_a, seed=1), random_model(spec_b, seed=2)
+    widened = balance(model_a, model_b, mapping, "add")
+    narrow = balance(model_a, model_b, mapping, "add", identity_width="input")
+    assert [[u.width for u in s] for s in model_view(widened.model_b).stages] == widths
+    assert widened.inserted == narrow.inserted and widened.exact
+    with torch.no_grad():
+        for balanced in (widened, narrow):
+            assert (balanced.model_b(X) - model_b(X)).abs().max() < 1e-5
+    narrow_widths = [[u.width for u in s] for s in model_view(narrow.model_b).stages]
+    assert narrow_widths != widths   # the "input" rule keeps each identity as wide as its input
+
+
+def test_with_deeper_identity_widths_the_balanced_pair_has_a_s_widths_so_s0_fusion_is_a():
+    """Oracle for the widened identities in the OT path: when B's real layers are as wide as A's matched
+    ones, the balanced B has A's widths everywhere, T is a scaled permutation, and the s = 0 fusion (the
+    aligned A) computes exactly A. With identities as wide as their input A's wider layer is squeezed onto
+    fewer neurons and the s = 0 fusion is not A."""
+    from clafusion_core.methods import METHODS, FusionBatch
+
+    model_a = random_model("vgg:8-8-M-16-16-M-32/24", seed=1)
+    model_b = random_model("vgg:8-M-16-M-32/24", seed=2)
+    for rule, exact in (("deeper", True), ("input", False)):
+        balanced = balance(model_a, model_b, [[0], [1], [0], [0]], "add", identity_width=rule)
+        fused = METHODS["ot"].fuse([balanced.model_a, balanced.model_b], 1, [1.0, 0.0], FusionBatch(X)).model
+        with torch.no_grad():
+            error = (fused(X) - model_a(X)).abs().max()
+        assert (error < 1e-4) == exact, (rule, float(error))
+
+
+def test_unknown_identity_width_is_a_user_error():
+    with pytest.raises(AlignmentError):
+        balance(random_model("mlp:40-30-20"), random_model("mlp:40-20"), [[0, 2]], "add", identity_width="wide")

@@ -26,7 +26,8 @@ def test_the_barrier_of_a_model_with_itself_is_zero_everywhere(spec, digits):
     """Pre-ReLU ground activations: after the ReLU, the random CNN's dead channels are all zero and tie,
     so OT may swap them (harmless on the probe batch, not on the test split)."""
     model = random_model(spec, seed=3)
-    result = barrier_curves(model, copy.deepcopy(model), digits, FusionConfig.from_flat(ground_activation="pre"), points=5)
+    config = FusionConfig.from_flat(ground_activation="pre", choose_ground_activation=False)   # pre only
+    result = barrier_curves(model, copy.deepcopy(model), digits, config, points=5)
     assert set(result.curves) >= {"naive", "ot"}
     flat = result.curves["naive"].loss[0]
     for curve in result.curves.values():
@@ -59,7 +60,8 @@ def test_one_alignment_serves_a_whole_curve_and_its_repaired_twin(same_shape_pai
     alignments = count_calls(monkeypatch, methods, "align_onto")
     dps = count_calls(monkeypatch, pipeline, "compute_alignment")
     points, progress = [], []
-    result = barrier_curves(*same_shape_pair, digits, FusionConfig.from_flat(bn_reset=False), methods=["ot"],
+    config = FusionConfig.from_flat(bn_reset=False, choose_ground_activation=False)   # one ground activation
+    result = barrier_curves(*same_shape_pair, digits, config, methods=["ot"],
                             on_point=lambda key, t, loss, acc: points.append((key, t)),
                             progress=lambda fraction, message: progress.append(fraction))
     assert (len(alignments), len(dps)) == (1, 1)
@@ -99,3 +101,18 @@ def test_every_registered_method_gets_a_curve_when_it_has_aligned_parents_and_a_
     assert set(result.curves) == {"naive", "ot", "ot-again"}
     assert "no aligned parents" in result.skipped["refit"]
     assert result.curves["ot-again"].loss == pytest.approx(result.curves["ot"].loss)
+
+
+def test_with_the_ground_activation_choice_the_ot_path_runs_through_the_pipelines_fused_model(
+        same_shape_pair, digits, monkeypatch):
+    """The choice costs one alignment per candidate, none per point, and the OT curve's midpoint is the
+    model run_fusion fuses (before repair and BatchNorm reset: the plain path; oracle: its aligned parents)."""
+    from clafusion_core.pipeline import run_fusion
+
+    config = FusionConfig.from_flat(bn_reset=False, repair=False)
+    fused = run_fusion(*same_shape_pair, digits, config)
+    alignments = count_calls(monkeypatch, methods, "align_onto")
+    result = barrier_curves(*same_shape_pair, digits, config, methods=["ot"], points=3)
+    assert len(alignments) == 2                                  # post and pre, whatever the points
+    midpoint, _ = loss_and_accuracy(fused.fused.model, digits.test)
+    assert result.curves["ot"].loss[1] == pytest.approx(midpoint, abs=1e-5)

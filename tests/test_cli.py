@@ -197,6 +197,23 @@ def test_the_ot_ground_cost_and_input_correction_flags_reach_the_fusion(trained,
     assert "turn the input correction on" in err and err.count("\n") == 1
 
 
+def test_the_identity_width_and_fixed_ground_activation_flags_reach_the_fusion(trained, tmp_path):
+    models = [str(trained["deep"]), str(trained["shallow"])]
+    default, fixed = tmp_path / "default.json", tmp_path / "fixed.json"
+    assert main(["fuse", *models, "--json", str(default)]) == 0
+    assert main(["fuse", *models, "--identity-width", "input", "--fixed-ground-activation", "--ground-activation", "pre",
+                 "--json", str(fixed)]) == 0
+    runs = {name: json.loads(path.read_text()) for name, path in (("default", default), ("fixed", fixed))}
+    configs = {name: FusionConfig.from_dict(run["config"]) for name, run in runs.items()}
+    assert configs["default"].balancing.identity_width == "deeper"
+    assert configs["default"].fusion.options.choose_ground_activation is True
+    assert set(runs["default"]["repair"]["ground_activation"]["val"]) == {"post", "pre"}
+    assert configs["fixed"].balancing.identity_width == "input"
+    assert configs["fixed"].fusion.options.choose_ground_activation is False
+    assert configs["fixed"].fusion.options.ground_activation == "pre"
+    assert "ground_activation" not in runs["fixed"]["repair"]
+
+
 def test_fuse_with_neuron_interpolation_records_the_method_its_options_and_diagnostics(trained, tmp_path):
     out = tmp_path / "interp.json"
     assert main(["fuse", str(trained["deep"]), str(trained["shallow"]), "--method", "interp", "--fusion-size", "300",

@@ -183,12 +183,13 @@ def test_cnn_and_resnet_demo_pairs_fuse_end_to_end(key, digits):
 # Another valid value for every FusionConfig field: the stale-result check must see each change that
 # alters the one-shot fusion and ignore the finetuning settings. A new field fails the coverage assert.
 OTHER_VALUES = dict(dataset="mnist", data_root="/data", cost="cca", probe_size=300, probe_seed=4, activation="pre",
-                    conv_features="flatten", pin_first=False, pin_last=False, balance="merge", method="ot",
+                    conv_features="flatten", pin_first=False, pin_last=False, balance="merge", identity_width="input", method="ot",
                     ground_metric="weights", ground_activation="pre", ground_conv_features="pool", solver="sinkhorn",
                     sinkhorn_reg=0.05, fusion_weight=0.3, input_scaling="sum", marginals="importance",
                     inserted_weight="average", repair=False, bn_reset=False, finetune_epochs=3, finetune_lr=0.05,
                     optimizer="adam", distill=0.5, distill_temperature=2.0, finetune_parents=True, clip_grad_norm=0.5, seed=7,
-                    device="cpu", mapping=((0, 2),), squared=True, input_correction=False, reference=1, weights=(1.0, 2.0))
+                    device="cpu", mapping=((0, 2),), squared=True, input_correction=False, reference=1, weights=(1.0, 2.0),
+                    choose_ground_activation=False)
 
 
 def test_the_stale_result_check_covers_every_setting():
@@ -312,3 +313,40 @@ def test_merge_balancing_is_offered_for_mlps_only():
     assert balance_methods(build_model("mlp:32-16", (1, 8, 8), 10)) == BALANCE_METHODS
     for spec in ("vgg:8-M-16", "resnet:1-1-1-1@8-8-16-16"):
         assert balance_methods(build_model(spec, (1, 8, 8), 10)) == ("add",)
+
+
+def test_the_ground_activation_choice_keeps_the_candidate_better_on_validation(mlp_pair, digits):
+    """``choose_ground_activation`` (the default) fuses with post- and pre-ReLU ground activations and keeps
+    the one with the higher validation accuracy: the result is exactly the fixed run of the chosen
+    candidate, and its validation accuracy is the larger of the two (independent oracle: the two fixed
+    runs, evaluated here)."""
+    from clafusion_core.train import evaluate
+
+    auto = run_fusion(*mlp_pair, digits, FusionConfig.from_flat(device="cpu"))
+    explicit = {choice: run_fusion(*mlp_pair, digits, FusionConfig.from_flat(device="cpu", ground_activation=choice,
+                                                                            choose_ground_activation=False))
+                for choice in ("post", "pre")}
+    vals = {choice: evaluate(r.fused.model, digits.val) for choice, r in explicit.items()}
+    chosen = auto.repair["ground_activation"]["chosen"]
+    assert auto.repair["ground_activation"]["val"] == pytest.approx(vals)
+    assert chosen == ("pre" if vals["pre"] > vals["post"] else "post")
+    assert auto.accuracy["fused"] == explicit[chosen].accuracy["fused"]
+    with torch.no_grad():
+        inputs = digits.test.tensors[0]
+        assert torch.equal(auto.fused.model(inputs), explicit[chosen].fused.model(inputs))
+    assert "ground_activation" not in explicit["post"].repair   # nothing to choose: one fusion
+
+
+def test_the_ground_activation_choice_still_recovers_a_permuted_copy(same_shape_pair, digits):
+    from model_utils import permuted_copy
+
+    model = same_shape_pair[0]
+    config = FusionConfig.from_flat(repair=False, device="cpu")
+    result = run_fusion(permuted_copy(model, seed=5), model, digits, config)
+    # Both candidates give the model back on the probe batch (post-ReLU, neurons dead on the whole probe
+    # batch tie and may be swapped: a change only where they fire, off the probe batch; see test_many.py).
+    assert set(result.repair["ground_activation"]["val"]) == {"post", "pre"}
+    with torch.no_grad():
+        inputs = probe_inputs(digits, config)
+        assert (result.fused.model(inputs) - model(inputs)).abs().max() < 1e-4
+    assert abs(result.accuracy["fused"] - result.accuracy["model_b"]) < 0.01
