@@ -174,7 +174,7 @@ def barrier_curves(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, c
 
     ``methods`` are registry names (default: every registered method); each is run once, with the
     config's options for it and equal weights, on the config's probe batch (a choice the options leave to
-    the validation split, OT's ``choose_ground_activation``, is made as the pipeline makes it — one
+    the validation split, OT's ``ground_activation_choice``, is made as the pipeline makes it — one
     alignment per candidate — so the curve runs through the model :func:`~.pipeline.run_fusion` fuses); ``config.repair.statistics`` adds the
     repaired twins. ``on_point`` is called after
     every point (for drawing progressively), ``progress`` with the fraction of points done.
@@ -203,7 +203,7 @@ def barrier_curves(model_a: nn.Module, model_b: nn.Module, splits: DataSplits, c
             continue
         start = time.perf_counter()
         options = config.options_for(name)
-        if len(ground_activation_candidates(options)) > 1:
+        if len(ground_activation_candidates(options, parents[0].family)) > 1:
             # the choice the pipeline makes on the validation split: the path runs through run_fusion's model
             own = config if name == config.fusion.name else config.replace(method=name)
             output, _ = fuse_and_repair(parents, 1, [0.5, 0.5], {}, batch, splits, own, device)

@@ -36,7 +36,7 @@ from .bundle import write_bundle
 from .many import fuse_many, is_pairwise, normalised_weights
 from .methods import METHODS, get_method
 from .models import build_model
-from .otfusion import GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, INPUT_SCALINGS, MARGINALS, SOLVERS
+from .otfusion import GROUND_ACTIVATION_CHOICES, GROUND_ACTIVATIONS, GROUND_CONV_FEATURES, GROUND_METRICS, INPUT_SCALINGS, MARGINALS, SOLVERS
 from .pipeline import compute_activations, compute_alignment, describe_model, finetune_result, order_pair, \
     probe_inputs, run_fusion
 from .similarity import METRICS
@@ -89,11 +89,12 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ground-metric", default=DEFAULTS["ground_metric"], choices=GROUND_METRICS)
     parser.add_argument("--ground-activation", default=DEFAULTS["ground_activation"], choices=GROUND_ACTIVATIONS,
                         help="activations of the OT ground metric (its own, not the cost matrix's --activation); "
-                             "the other choice is tried too and the fusion better on validation kept, unless "
-                             "--fixed-ground-activation")
-    parser.add_argument("--fixed-ground-activation", dest="choose_ground_activation", action="store_false",
-                        help="OT: use --ground-activation as given, instead of also fusing with the other one and "
-                             "keeping the fusion better on the validation split (ties: the given one)")
+                             "see --ground-activation-choice")
+    parser.add_argument("--ground-activation-choice", default=DEFAULTS["ground_activation_choice"],
+                        choices=GROUND_ACTIVATION_CHOICES,
+                        help="OT: 'validation' also fuses with the other ground activation and keeps the fusion better "
+                             "on the validation split (ties: --ground-activation); 'fixed' uses --ground-activation; "
+                             "'conv' (default) chooses for CNNs/ResNets, fixed for MLPs (the choice doubles the cost)")
     parser.add_argument("--ground-conv-features", default=DEFAULTS["ground_conv_features"], choices=GROUND_CONV_FEATURES,
                         help="conv maps in the OT ground metric: every position a sample, or the channel mean")
     parser.add_argument("--inserted-weight", default=DEFAULTS["inserted_weight"], choices=INSERTED_WEIGHTS,

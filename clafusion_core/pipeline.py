@@ -269,15 +269,18 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
     return fused, layer_weights, report
 
 
-def ground_activation_candidates(options) -> list:
-    """The method options :func:`fuse_and_repair` tries: with OT's ``choose_ground_activation`` (and the
-    ``activations`` ground metric) the configured ground activation first, then the other one; anything
-    else is tried as it is."""
+def ground_activation_candidates(options, family) -> list:
+    """The method options :func:`fuse_and_repair` tries on models of ``family``: where OT's
+    ``ground_activation_choice`` leaves the choice to validation (``validation``, or ``conv`` on a conv
+    family; the ``activations`` ground metric only) the configured ground activation first, then the other
+    one; anything else is tried as it is."""
     from dataclasses import replace
 
     from .otfusion import GROUND_ACTIVATIONS, OTOptions
 
-    if isinstance(options, OTOptions) and options.choose_ground_activation and options.ground_metric == "activations":
+    choose = isinstance(options, OTOptions) and options.ground_metric == "activations" and (
+        options.ground_activation_choice == "validation" or (options.ground_activation_choice == "conv" and family.is_conv))
+    if choose:
         return [options] + [replace(options, ground_activation=other) for other in GROUND_ACTIVATIONS
                             if other != options.ground_activation]
     return [options]
@@ -288,13 +291,13 @@ def fuse_and_repair(parents: list[nn.Module], reference: int, weights: list[floa
                     config: FusionConfig, device: torch.device) -> tuple[FusionOutput, dict]:
     """Fuse ``parents`` (placed on ``device``) with the configured method, then :func:`repair_and_reset`.
 
-    Where the options leave a choice to the validation split (OT's ``choose_ground_activation``), every
+    Where the options leave a choice to the validation split (OT's ``ground_activation_choice``), every
     candidate is fused and repaired and the one with the best validation accuracy is kept (the configured
     one on ties); the report's ``ground_activation`` says which, with each candidate's validation accuracy.
     Never the test split.
     """
     method = get_method(config.fusion.name)
-    candidates = ground_activation_candidates(config.fusion.options)
+    candidates = ground_activation_candidates(config.fusion.options, parents[0].family)
     best = None
     scores = {}
     for options in candidates:

@@ -26,7 +26,7 @@ def test_the_barrier_of_a_model_with_itself_is_zero_everywhere(spec, digits):
     """Pre-ReLU ground activations: after the ReLU, the random CNN's dead channels are all zero and tie,
     so OT may swap them (harmless on the probe batch, not on the test split)."""
     model = random_model(spec, seed=3)
-    config = FusionConfig.from_flat(ground_activation="pre", choose_ground_activation=False)   # pre only
+    config = FusionConfig.from_flat(ground_activation="pre", ground_activation_choice="fixed")   # pre only
     result = barrier_curves(model, copy.deepcopy(model), digits, config, points=5)
     assert set(result.curves) >= {"naive", "ot"}
     flat = result.curves["naive"].loss[0]
@@ -60,7 +60,7 @@ def test_one_alignment_serves_a_whole_curve_and_its_repaired_twin(same_shape_pai
     alignments = count_calls(monkeypatch, methods, "align_onto")
     dps = count_calls(monkeypatch, pipeline, "compute_alignment")
     points, progress = [], []
-    config = FusionConfig.from_flat(bn_reset=False, choose_ground_activation=False)   # one ground activation
+    config = FusionConfig.from_flat(bn_reset=False, ground_activation_choice="fixed")   # one ground activation
     result = barrier_curves(*same_shape_pair, digits, config, methods=["ot"],
                             on_point=lambda key, t, loss, acc: points.append((key, t)),
                             progress=lambda fraction, message: progress.append(fraction))
@@ -109,7 +109,7 @@ def test_with_the_ground_activation_choice_the_ot_path_runs_through_the_pipeline
     model run_fusion fuses (before repair and BatchNorm reset: the plain path; oracle: its aligned parents)."""
     from clafusion_core.pipeline import run_fusion
 
-    config = FusionConfig.from_flat(bn_reset=False, repair=False)
+    config = FusionConfig.from_flat(bn_reset=False, repair=False, ground_activation_choice="validation")
     fused = run_fusion(*same_shape_pair, digits, config)
     alignments = count_calls(monkeypatch, methods, "align_onto")
     result = barrier_curves(*same_shape_pair, digits, config, methods=["ot"], points=3)

@@ -197,19 +197,22 @@ def test_the_ot_ground_cost_and_input_correction_flags_reach_the_fusion(trained,
     assert "turn the input correction on" in err and err.count("\n") == 1
 
 
-def test_the_identity_width_and_fixed_ground_activation_flags_reach_the_fusion(trained, tmp_path):
+def test_the_identity_width_and_ground_activation_choice_flags_reach_the_fusion(trained, tmp_path):
+    """MLPs: by default (``conv``) the ground activation is fixed; ``validation`` tries both; ``fixed`` takes the flag."""
     models = [str(trained["deep"]), str(trained["shallow"])]
-    default, fixed = tmp_path / "default.json", tmp_path / "fixed.json"
-    assert main(["fuse", *models, "--json", str(default)]) == 0
-    assert main(["fuse", *models, "--identity-width", "input", "--fixed-ground-activation", "--ground-activation", "pre",
-                 "--json", str(fixed)]) == 0
-    runs = {name: json.loads(path.read_text()) for name, path in (("default", default), ("fixed", fixed))}
+    flags = {"default": [], "validation": ["--ground-activation-choice", "validation"],
+             "fixed": ["--identity-width", "input", "--ground-activation-choice", "fixed", "--ground-activation", "pre"]}
+    runs = {}
+    for name, extra in flags.items():
+        assert main(["fuse", *models, *extra, "--json", str(tmp_path / f"{name}.json")]) == 0
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
     configs = {name: FusionConfig.from_dict(run["config"]) for name, run in runs.items()}
     assert configs["default"].balancing.identity_width == "deeper"
-    assert configs["default"].fusion.options.choose_ground_activation is True
-    assert set(runs["default"]["repair"]["ground_activation"]["val"]) == {"post", "pre"}
+    assert configs["default"].fusion.options.ground_activation_choice == "conv"
+    assert "ground_activation" not in runs["default"]["repair"]
+    assert set(runs["validation"]["repair"]["ground_activation"]["val"]) == {"post", "pre"}
     assert configs["fixed"].balancing.identity_width == "input"
-    assert configs["fixed"].fusion.options.choose_ground_activation is False
+    assert configs["fixed"].fusion.options.ground_activation_choice == "fixed"
     assert configs["fixed"].fusion.options.ground_activation == "pre"
     assert "ground_activation" not in runs["fixed"]["repair"]
 

@@ -189,7 +189,7 @@ OTHER_VALUES = dict(dataset="mnist", data_root="/data", cost="cca", probe_size=3
                     inserted_weight="average", repair=False, bn_reset=False, finetune_epochs=3, finetune_lr=0.05,
                     optimizer="adam", distill=0.5, distill_temperature=2.0, finetune_parents=True, clip_grad_norm=0.5, seed=7,
                     device="cpu", mapping=((0, 2),), squared=True, input_correction=False, reference=1, weights=(1.0, 2.0),
-                    choose_ground_activation=False)
+                    ground_activation_choice="fixed")
 
 
 def test_the_stale_result_check_covers_every_setting():
@@ -316,15 +316,15 @@ def test_merge_balancing_is_offered_for_mlps_only():
 
 
 def test_the_ground_activation_choice_keeps_the_candidate_better_on_validation(mlp_pair, digits):
-    """``choose_ground_activation`` (the default) fuses with post- and pre-ReLU ground activations and keeps
+    """``ground_activation_choice="validation"`` fuses with post- and pre-ReLU ground activations and keeps
     the one with the higher validation accuracy: the result is exactly the fixed run of the chosen
     candidate, and its validation accuracy is the larger of the two (independent oracle: the two fixed
     runs, evaluated here)."""
     from clafusion_core.train import evaluate
 
-    auto = run_fusion(*mlp_pair, digits, FusionConfig.from_flat(device="cpu"))
+    auto = run_fusion(*mlp_pair, digits, FusionConfig.from_flat(device="cpu", ground_activation_choice="validation"))
     explicit = {choice: run_fusion(*mlp_pair, digits, FusionConfig.from_flat(device="cpu", ground_activation=choice,
-                                                                            choose_ground_activation=False))
+                                                                            ground_activation_choice="fixed"))
                 for choice in ("post", "pre")}
     vals = {choice: evaluate(r.fused.model, digits.val) for choice, r in explicit.items()}
     chosen = auto.repair["ground_activation"]["chosen"]
@@ -341,7 +341,7 @@ def test_the_ground_activation_choice_still_recovers_a_permuted_copy(same_shape_
     from model_utils import permuted_copy
 
     model = same_shape_pair[0]
-    config = FusionConfig.from_flat(repair=False, device="cpu")
+    config = FusionConfig.from_flat(repair=False, device="cpu", ground_activation_choice="validation")
     result = run_fusion(permuted_copy(model, seed=5), model, digits, config)
     # Both candidates give the model back on the probe batch (post-ReLU, neurons dead on the whole probe
     # batch tie and may be swapped: a change only where they fire, off the probe batch; see test_many.py).
@@ -350,3 +350,18 @@ def test_the_ground_activation_choice_still_recovers_a_permuted_copy(same_shape_
         inputs = probe_inputs(digits, config)
         assert (result.fused.model(inputs) - model(inputs)).abs().max() < 1e-4
     assert abs(result.accuracy["fused"] - result.accuracy["model_b"]) < 0.01
+
+
+@pytest.mark.parametrize("choice, metric, mlp, conv", [("conv", "activations", 1, 2), ("validation", "activations", 2, 2),
+                                                       ("fixed", "activations", 1, 1), ("validation", "weights", 1, 1)])
+def test_which_runs_leave_the_ground_activation_to_validation(choice, metric, mlp, conv):
+    """``conv`` (the default) chooses for CNNs and ResNets only; the weights ground metric has nothing to choose."""
+    from clafusion_core.families import get_family
+    from clafusion_core.otfusion import OTOptions
+    from clafusion_core.pipeline import ground_activation_candidates
+
+    options = OTOptions(ground_metric=metric, ground_activation_choice=choice)
+    assert len(ground_activation_candidates(options, get_family("mlp"))) == mlp
+    for family in ("vgg", "resnet"):
+        candidates = ground_activation_candidates(options, get_family(family))
+        assert len(candidates) == conv and candidates[0] == options
