@@ -44,6 +44,8 @@ def render() -> None:
     m[-1].metric("Vanilla average", ui.percent(acc["vanilla"]), help="Plain weight averaging; only for identical shapes.")
     for warning in fusion.to_json()["warnings"]:
         st.caption(f"Note: {warning}")
+    if chosen := views.ground_choice_text(fusion.repair):
+        st.caption(chosen)
 
     left, right = st.columns([3, 2], gap="large")
     with left:

@@ -61,6 +61,11 @@ def fusion(pair: Choice, loaded: LoadedPair) -> None:
                  disabled=state.INSERTED_WEIGHT in off,
                  help="Where B got an identity layer, averaging A's real layer with it gives a half-identity neither "
                       "network computed; by default the fused layer there is A's (weight 1).")
+        st.radio("Inserted identity width", OPTIONS[state.IDENTITY_WIDTH], format_func=labels.IDENTITY_WIDTH_LABELS.get,
+                 key=state.IDENTITY_WIDTH, persist_state="session", horizontal=True,
+                 disabled=state.IDENTITY_WIDTH in off,
+                 help="Where A's layer is wider than B's identity's input, the identity is padded with always-zero "
+                      "channels to A's width (still exact), so OT does not squeeze A's neurons onto fewer.")
     with middle:
         if state.INTERP_SIZE not in off:
             st.select_slider("Fusion batch (interp)", OPTIONS[state.INTERP_SIZE], key=state.INTERP_SIZE,
@@ -81,6 +86,11 @@ def fusion(pair: Choice, loaded: LoadedPair) -> None:
                  key=state.GROUND_ACTIVATION, persist_state="session", horizontal=True,
                  disabled=state.GROUND_ACTIVATION in off,
                  help="The OT ground metric's own choice (the cost matrix has its own on the Alignment page).")
+        st.radio("Try the other activation, keep the better on validation", OPTIONS[state.GROUND_ACTIVATION_CHOICE],
+                 format_func=labels.GROUND_CHOICE_LABELS.get, key=state.GROUND_ACTIVATION_CHOICE,
+                 persist_state="session", horizontal=True, disabled=state.GROUND_ACTIVATION_CHOICE in off,
+                 help="Fuses with both after- and before-ReLU activations and keeps the fusion better on the "
+                      "validation split (twice the time); by default for conv networks only.")
         if state.CONV_FEATURES not in off:
             st.radio("Ground-metric conv maps", OPTIONS[state.GROUND_CONV_FEATURES],
                      format_func=labels.CONV_GROUND_LABELS.get, key=state.GROUND_CONV_FEATURES, persist_state="session",

@@ -26,7 +26,7 @@ import streamlit as st
 
 from clafusion_core import otfusion, zoo
 from clafusion_core.activations import CONV_MODES
-from clafusion_core.balancing import BALANCE_METHODS
+from clafusion_core.balancing import BALANCE_METHODS, IDENTITY_WIDTHS
 from clafusion_core.config import FLAT_NAMES, INSERTED_WEIGHTS, flat_types
 from clafusion_core.data import DATASETS
 from clafusion_core.devices import DEVICES
@@ -69,7 +69,9 @@ def _given(name: str, value: object) -> object:
 COST, PROBE_SIZE, ACTIVATION, CONV_FEATURES = "cost", "probe_size", "activation", "conv_features"
 PIN_FIRST, PIN_LAST = "pin_first", "pin_last"
 BALANCE, METHOD, INSERTED_WEIGHT, FUSION_WEIGHT = "balance", "method", "inserted_weight", "fusion_weight"
+IDENTITY_WIDTH = "identity_width"
 GROUND_METRIC, GROUND_ACTIVATION, GROUND_CONV_FEATURES = "ground_metric", "ground_activation", "ground_conv_features"
+GROUND_ACTIVATION_CHOICE = "ground_activation_choice"
 SOLVER, SINKHORN_REG = "solver", "sinkhorn_reg"
 INTERP_SIZE, INTERP_GROUPING, INTERP_IMPORTANCE = "fusion_size", "grouping", "importance"
 REPAIR, BN_RESET, DEVICE = "repair", "bn_reset", "device"
@@ -105,6 +107,7 @@ OPTIONS: dict[str, tuple] = {
     ACTIVATION: ("post", "pre"), CONV_FEATURES: tuple(CONV_MODES),
     BALANCE: BALANCE_METHODS, METHOD: tuple(METHODS), INSERTED_WEIGHT: INSERTED_WEIGHTS, GROUND_METRIC: otfusion.GROUND_METRICS,
     GROUND_ACTIVATION: otfusion.GROUND_ACTIVATIONS, GROUND_CONV_FEATURES: otfusion.GROUND_CONV_FEATURES,
+    GROUND_ACTIVATION_CHOICE: otfusion.GROUND_ACTIVATION_CHOICES, IDENTITY_WIDTH: IDENTITY_WIDTHS,
     SOLVER: otfusion.SOLVERS,
     SINKHORN_REG: (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
     INTERP_SIZE: (200, 500, 1000, 2000, 4000), INTERP_GROUPING: GROUPINGS, INTERP_IMPORTANCE: IMPORTANCES,

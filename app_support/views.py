@@ -15,7 +15,7 @@ from clafusion_core.layers import model_view
 from clafusion_core.pipeline import Alignment, FusionConfig, FusionResult
 from clafusion_core.similarity import METRIC_LABELS
 
-from .labels import ACCURACY_LABELS, OPTIMIZER_LABELS, RUN_NAMES
+from .labels import ACCURACY_LABELS, ACTIVATION_LABELS, OPTIMIZER_LABELS, RUN_NAMES
 
 
 def unit_names(model: nn.Module) -> list[str]:
@@ -145,6 +145,16 @@ def balancing_text(view: BalancedView, many: bool = False) -> str:
                            for layer, weights in view.layer_weights.items()) +
                  " — under an inserted identity the fused layer is the deeper networks' own.")
     return text
+
+
+def ground_choice_text(repair: dict) -> str | None:
+    """Which ground-metric activation the validation split chose, with both candidates' scores, if it chose."""
+    choice = repair.get("ground_activation")
+    if not choice:
+        return None
+    scores = ", ".join(f"{ACTIVATION_LABELS[name]} {100 * value:.2f} %" for name, value in choice["val"].items())
+    return (f"Ground-metric activations chosen on the validation split: **{ACTIVATION_LABELS[choice['chosen']]}** "
+            f"({scores}).")
 
 
 def diagnostics_text(diagnostics: list[dict], group: str) -> list[str]:

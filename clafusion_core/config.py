@@ -228,7 +228,7 @@ class FusionConfig:
         MLPs, the temperature without distillation, and the options the method's settings bypass."""
         unused = set(self.fusion.options.ignored())
         if self.balancing.method != "add":
-            unused.add("inserted_weight")
+            unused |= {"inserted_weight", "identity_width"}
         if not get_family(family).is_conv:   # no feature maps
             unused |= {"conv_features", "ground_conv_features"}
         if self.finetune.distill == 0:

@@ -490,3 +490,32 @@ def test_a_cnn_pair_offers_add_balancing_only_even_from_a_link():
     assert_clean(at)
     assert at.radio(key=state.BALANCE).options == [labels.BALANCE_LABELS["add"]]
     assert at.session_state[state.BALANCE] == "add"
+
+
+@pytest.mark.parametrize("pair, chooses", [("cnn", True), ("mlp", False)])
+def test_the_fusion_page_says_which_ground_activation_validation_chose(pair, chooses):
+    """By default the choice runs for conv networks only; the page names the chosen one with both scores."""
+    at = fresh()
+    at.query_params.update({"pair": pair})
+    at.switch_page(PAGES[1]).run()
+    button(at, "Run fusion").click().run()
+    assert_clean(at)
+    result = at.session_state[state.RESULT][1]
+    captions = [c for c in texts(at.caption) if "chosen on the validation split" in c]
+    assert bool(captions) == chooses == ("ground_activation" in result.repair)
+    if chooses:
+        chosen = labels.ACTIVATION_LABELS[result.repair["ground_activation"]["chosen"]]
+        assert f"**{chosen}**" in captions[0] and "after ReLU" in captions[0] and "before ReLU" in captions[0]
+
+
+def test_the_identity_width_and_ground_choice_widgets_reach_the_run():
+    at = fresh()
+    at.query_params.update({"pair": "cnn"})
+    at.switch_page(PAGES[1]).run()
+    at.radio(key=state.IDENTITY_WIDTH).set_value("input")
+    at.radio(key=state.GROUND_ACTIVATION_CHOICE).set_value("fixed").run()
+    button(at, "Run fusion").click().run()
+    assert_clean(at)
+    config = at.session_state[state.RESULT][1].config
+    assert (config.balancing.identity_width, config.fusion.options.ground_activation_choice) == ("input", "fixed")
+    assert dict(at.query_params)["identity_width"] == "input"

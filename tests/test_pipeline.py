@@ -285,6 +285,7 @@ IGNORED = {
     "regularisation-under-emd": (dict(solver="emd"), "sinkhorn_reg", 0.2),
     "ground-activation-under-weights": (dict(ground_metric="weights"), "ground_activation", "pre"),
     "inserted-rule-under-merge": (dict(balance="merge"), "inserted_weight", "average"),
+    "identity-width-under-merge": (dict(balance="merge"), "identity_width", "input"),
     "conv-features-of-an-mlp": ({}, "conv_features", "flatten"),
     "temperature-without-distillation": (dict(distill=0.0, finetune_epochs=1), "distill_temperature", 1.0),
 }
