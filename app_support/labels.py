@@ -15,7 +15,7 @@ APP_ICON = ":material/merge:"
 
 @dataclass(frozen=True)
 class PageInfo:
-    """One page of the app: its file under ``pages/``, navigation entry and heading."""
+    """One page of the app: its file under ``app_pages/``, navigation entry and heading."""
 
     file: str
     title: str                 # navigation label and heading ("1 · Alignment")

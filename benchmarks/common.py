@@ -192,13 +192,6 @@ def timeit(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, max_seco
     return statistics.median(times)
 
 
-@contextmanager
-def stopwatch(into: dict, key: str):
-    start = time.perf_counter()
-    yield
-    into[key] = into.get(key, 0.0) + time.perf_counter() - start
-
-
 def loglog_slope(sizes: Sequence[float], times: Sequence[float]) -> float | None:
     """Least-squares slope of log(time) against log(size): the observed growth exponent."""
     pairs = [(s, t) for s, t in zip(sizes, times) if s and t and s > 0 and t > 0]

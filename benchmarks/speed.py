@@ -602,13 +602,6 @@ def scaling_table(scaling: dict) -> str:
                                   "exponent (largest half)", "theory", "why"], rows)
 
 
-def curve_table(curve: dict) -> str:
-    header = [curve["x"]] + list(curve["times_s"])
-    rows = [[size] + [common.fmt_seconds(curve["times_s"][k][i]) for k in curve["times_s"]]
-            for i, size in enumerate(curve["sizes"])]
-    return common.markdown_table(header, rows)
-
-
 # ----------------------------------------------------------------------------------------------------
 
 

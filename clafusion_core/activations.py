@@ -29,7 +29,6 @@ from torch import nn
 from .layers import ModelView, model_view
 
 CONV_MODES = ("pool", "flatten")
-REDUCTIONS = ("none", "pool", "flatten", "positions", "moments")
 
 #: Values of the recorded outputs one chunk of the probe batch may produce (float32: 64 MiB). The chunk
 #: size follows from it: a 200-image probe is one chunk for an MLP, ~70 images for a full ResNet-18.

@@ -40,7 +40,6 @@ def parent_files(count: int) -> list[str]:
     return [f"parent_{k + 1}.safetensors" for k in range(count)]
 
 
-
 def result_text(payload: dict) -> str:
     """``result.json`` as the CLI writes it."""
     return json.dumps(payload, indent=2)
@@ -177,6 +176,10 @@ def rerun_bundle(source: str | Path, splits: DataSplits | None = None) -> Fusion
     missing = [name for name in (RUN_FILE, *parent_files(count)) if name not in files]
     if missing:
         raise CheckpointError(f"The run bundle lacks {', '.join(missing)}; give the whole zip or folder a run wrote.")
-    config: FusionConfig = FusionConfig.from_dict(json.loads(files[RUN_FILE]))
+    try:
+        data = json.loads(files[RUN_FILE])
+    except ValueError:   # not UTF-8 or not JSON
+        raise CheckpointError(f"The run bundle's {RUN_FILE} is not valid JSON; give the zip or folder a run wrote.") from None
+    config: FusionConfig = FusionConfig.from_dict(data)
     parents = [load_checkpoint(files[name], name=name)[0] for name in parent_files(count)]
     return fuse_any(parents, splits or load_dataset(config.probe.dataset, config.probe.data_root), config)

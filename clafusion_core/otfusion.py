@@ -59,18 +59,13 @@ class OTOptions:
 
     ``ground_activation`` and ``ground_conv_features`` choose the activations of the ``activations`` ground metric
     (independent of the alignment's cost matrix): post- or pre-ReLU, and for conv maps every position
-    as a sample (``positions``) or the spatial mean per channel (``pool``). ``ground_activation_choice``
-    ``validation`` makes the pipeline fuse with ``ground_activation`` *and* with the other choice and keep
-    the fusion (after repair and BatchNorm reset) that scores better on the *validation* split, the
-    configured one on ties (:func:`clafusion_core.pipeline.fuse_and_repair`); ``fixed`` uses
-    ``ground_activation`` as it is; ``conv`` (the default) chooses for conv families and keeps it fixed
-    for MLPs. Measured on the digits pairs (seeds 0–2) neither activation wins everywhere (pre-ReLU fuses
-    the ResNet pair better on one seed by 3.6 pp and the CNN pair worse by 1.9 pp on average); the choice
-    lifts the ResNet pair by 1.2 pp, the MLP demo pair by 0.65 pp and the other MLP pairs not at all, and
-    it doubles the fusion stage — +65 ms on the 82 ms one-shot run of the MLP demo pair, 0.53 → 0.80 s
-    and 0.43 → 0.60 s on the CNN and ResNet pairs. A direct :func:`fuse_models` or method call, which
-    has no validation split, uses ``ground_activation`` as it is. ``squared`` squares the
-    Euclidean ground costs (plain distances fused 3 pp better one-shot on MNIST MLPs: 96.0 vs 92.8 %);
+    as a sample (``positions``) or the spatial mean per channel (``pool``). Neither activation fuses best
+    everywhere, so ``ground_activation_choice`` lets the pipeline fuse with both and keep the one better on
+    the validation split (:func:`clafusion_core.pipeline.fuse_and_repair`; ties keep ``ground_activation``):
+    ``validation`` always, ``conv`` (the default) for conv families only — on MLPs it doubled the fusion
+    for little gain (``benchmarks/README.md``, *Quality*) —, ``fixed`` never. A direct :func:`fuse_models` or
+    method call has no validation split and uses ``ground_activation``. ``squared`` squares the Euclidean
+    ground costs (plain distances fused 3 pp better one-shot on MNIST MLPs: 96.0 vs 92.8 %);
     ``input_correction`` off shows why the correction is needed (the fused model is then wrong).
     """
 

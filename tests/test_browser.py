@@ -102,6 +102,14 @@ def browser():
 
 # ------------------------------------------------------------------------------------------- helpers
 
+def open_page(browser) -> Page:
+    """A new page whose actions and ``expect`` checks wait up to :data:`STEP_TIMEOUT_MS`."""
+    expect.set_options(timeout=STEP_TIMEOUT_MS)
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(STEP_TIMEOUT_MS)
+    return page
+
+
 def wait_idle(page: Page, timeout_ms: int = STEP_TIMEOUT_MS) -> None:
     """Until the script run has finished (the app's script state reads "notRunning" for a moment)."""
     deadline = time.monotonic() + timeout_ms / 1000
@@ -177,9 +185,7 @@ def shot(page: Page, name: str) -> None:
 
 def test_every_page_on_the_demo_pair_in_a_real_browser(server, browser):
     timings: dict[str, float] = {}
-    expect.set_options(timeout=STEP_TIMEOUT_MS)
-    page = browser.new_page(viewport=VIEWPORT)
-    page.set_default_timeout(STEP_TIMEOUT_MS)
+    page = open_page(browser)
     start = time.perf_counter()
 
     # Home: the demo pair side by side
@@ -258,8 +264,7 @@ def test_every_page_on_the_demo_pair_in_a_real_browser(server, browser):
     for key, info in labels.PAGES.items():
         if not info.url_path:
             continue
-        fresh = browser.new_page(viewport=VIEWPORT)
-        fresh.set_default_timeout(STEP_TIMEOUT_MS)
+        fresh = open_page(browser)
         fresh.goto(f"{server}/{info.url_path}")
         expect(fresh.get_by_role("heading", name=info.title)).to_be_visible()
         expect(fresh.get_by_text("uses the default demo pair")).to_be_visible()

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import time
 
-from test_browser import ARTIFACTS, STEP_TIMEOUT_MS, VIEWPORT, assert_no_exception, browser, expect, plotly_count, \
-    pytestmark, server, shot, wait_idle  # noqa: F401  (fixtures and marks)
+from test_browser import assert_no_exception, browser, expect, open_page, plotly_count, pytestmark, server, shot, \
+    wait_idle  # noqa: F401  (fixtures and marks)
 
 
 def test_a_shared_compare_link_draws_the_barrier_and_the_method_table(server, browser):
-    expect.set_options(timeout=STEP_TIMEOUT_MS)
-    page = browser.new_page(viewport=VIEWPORT)
-    page.set_default_timeout(STEP_TIMEOUT_MS)
+    page = open_page(browser)
     page.goto(f"{server}/Compare?pair=mlp-same&points=5&cmp_epochs=0&ground_metric=weights")
     expect(page.get_by_text("Settings from the Alignment and Fusion pages")).to_be_visible()
     wait_idle(page)

@@ -3,14 +3,12 @@ fused onto its target on the Fusion page, and the Alignment page's heatmap again
 
 from __future__ import annotations
 
-from test_browser import STEP_TIMEOUT_MS, VIEWPORT, assert_no_exception, browser, choose, expect, go_to, \
-    plotly_count, pytestmark, server, shot, wait_idle  # noqa: F401  (fixtures and marks)
+from test_browser import assert_no_exception, browser, choose, expect, go_to, open_page, plotly_count, \
+    pytestmark, server, shot, wait_idle  # noqa: F401  (fixtures and marks)
 
 
 def test_three_networks_fuse_and_show_pairwise_views(server, browser):
-    expect.set_options(timeout=STEP_TIMEOUT_MS)
-    page = browser.new_page(viewport=VIEWPORT)
-    page.set_default_timeout(STEP_TIMEOUT_MS)
+    page = open_page(browser)
     page.goto(f"{server}/?src=set&set=mlp-mixed")
     expect(page.get_by_text("The networks in use")).to_be_visible()
     wait_idle(page)

@@ -72,6 +72,13 @@ def test_a_broken_or_partial_bundle_is_a_clear_error(run, tmp_path):
         rerun_bundle(folder)
 
 
+def test_a_bundle_whose_run_json_is_not_json_is_a_clear_error(run, tmp_path):
+    folder = write_bundle(run, tmp_path / "garbled", NAMES)
+    (folder / RUN_FILE).write_bytes(b"\xff{ not json")
+    with pytest.raises(CheckpointError, match=f"{RUN_FILE} is not valid JSON"):
+        rerun_bundle(folder)
+
+
 MANY_NAMES = ("three.safetensors", "four.safetensors", "five.safetensors")
 
 

@@ -229,3 +229,17 @@ def test_fuse_with_neuron_interpolation_records_the_method_its_options_and_diagn
     assert {"fit_residual", "cluster_sizes", "ridge"} <= set(payload["diagnostics"][0])
     config = FusionConfig.from_dict(payload["config"])
     assert config.fusion.options.fusion_size == 300 and config.fusion.name == "interp"
+
+
+def test_the_gradient_norm_clip_flag_reaches_fuse_and_finetune(trained, tmp_path, capsys):
+    models = [str(trained["deep"]), str(trained["shallow"])]
+    fused = tmp_path / "fused.json"
+    assert main(["fuse", *models, "--finetune-epochs", "1", "--clip-grad-norm", "0.5", "--json", str(fused)]) == 0
+    assert FusionConfig.from_dict(json.loads(fused.read_text())["config"]).finetune.clip_grad_norm == 0.5
+    tuned = tmp_path / "tuned.json"
+    assert main(["finetune", models[0], "--epochs", "1", "--clip-grad-norm", "0", "--json", str(tuned)]) == 0
+    assert json.loads(tuned.read_text())["config"]["clip_grad_norm"] == 0.0
+    capsys.readouterr()
+    assert main(["finetune", models[0], "--epochs", "1", "--clip-grad-norm", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "gradient-norm clip" in err and err.count("\n") == 1
