@@ -1,11 +1,9 @@
 """3 · Finetune — train the fused model a few epochs (live validation curve), compare, download."""
 
-import json
-
 import streamlit as st
 
 from app_support import cached, controls, runs, state, ui, views
-from clafusion_core import pipeline, plots
+from clafusion_core import bundle, pipeline, plots
 from clafusion_core.checkpoints import checkpoint_bytes
 
 
@@ -62,7 +60,7 @@ def render() -> None:
         st.caption("Loads back into this app (Home → Upload checkpoints) and the CLI.")
     with d2:
         st.download_button("Result · result.json", icon=":material/download:", on_click="ignore",
-                           data=lambda: json.dumps(fusion.to_json(), indent=2), file_name="result.json",
+                           data=lambda: bundle.result_text(fusion.to_json()), file_name="result.json",
                            mime="application/json")
         st.caption("Cost matrix, alignment, accuracies, timings and every setting needed to rerun it.")
 

@@ -3,7 +3,6 @@ keeps its result for what determined it, and draws it with its JSON download."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import streamlit as st
@@ -49,7 +48,7 @@ def live_rows(live, config: FusionConfig, epochs: int) -> Callable:
 
 
 def _json_download(label: str, payload: dict, file_name: str, widget_key: str) -> None:
-    st.download_button(label, json.dumps(payload, indent=2), file_name=file_name, mime="application/json",
+    st.download_button(label, bundle.result_text(payload), file_name=file_name, mime="application/json",
                        icon=":material/download:", key=widget_key)
 
 

@@ -41,7 +41,8 @@ def parent_files(count: int) -> list[str]:
 
 
 def result_text(payload: dict) -> str:
-    """``result.json`` as the CLI writes it."""
+    """A JSON file as every writer here writes it (the CLI, bundles, the app's downloads), so a bundle's
+    ``result.json`` is byte for byte the CLI's."""
     return json.dumps(payload, indent=2)
 
 
@@ -124,7 +125,7 @@ def model_card(result: FusionResult | ManyResult, names: Sequence[str] | None = 
 def bundle_files(result: FusionResult | ManyResult, names: Sequence[str] | None = None) -> dict[str, bytes]:
     """The bundle's files by name (see the module docstring)."""
     dataset, parents = result.config.probe.dataset, given_order(result)
-    files = {RUN_FILE: json.dumps(result.config.to_dict(), indent=2).encode(),
+    files = {RUN_FILE: result_text(result.config.to_dict()).encode(),
              RESULT_FILE: result_text(result.to_json()).encode(),
              FUSED_FILE: checkpoint_bytes(result.fused_finetuned or result.fused.model, dataset=dataset)}
     for file, model in zip(parent_files(len(parents)), parents):

@@ -9,7 +9,6 @@ the fused model from before the finetune (``--out``, ``--json``) and says so.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ from .devices import DEVICES
 from .distributed import process_device, process_group, world_from_env
 from .errors import AlignmentError, FusionError, OutputError
 from .interpolation import GROUPINGS, IMPORTANCES, InterpOptions
-from .bundle import write_bundle
+from .bundle import result_text, write_bundle
 from .many import fuse_many, is_pairwise, normalised_weights
 from .methods import METHODS, get_method
 from .models import build_model
@@ -344,7 +343,7 @@ def _write(path: str, write) -> None:
 
 
 def _write_json(path: str | None, payload: dict) -> None:
-    text = json.dumps(payload, indent=2)
+    text = result_text(payload)
     if path:
         _write(path, lambda: Path(path).write_text(text))
     else:

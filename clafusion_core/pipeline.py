@@ -421,7 +421,7 @@ def finetune_result(result, splits: DataSplits, *, epochs: int | None = None, lr
                     optimizer: str | None = None, parents: bool | None = None, distill: float | None = None,
                     temperature: float | None = None, clip_grad_norm: float | None = None,
                     progress: Progress | None = None,
-                    on_epoch: Callable[[str, int, float], None] | None = None) -> FusionResult:
+                    on_epoch: Callable[[str, int, float], None] | None = None):
     """Finetune the fused model of a run (a pair's :class:`FusionResult` or N models' result) in place, and
     as the fair baseline the parents its ``baseline_runs`` names (a pair's two) for the same epochs.
 
