@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -146,8 +147,8 @@ def linear_parameters(inputs: int, outputs: int, bias: bool = True) -> int:
     return inputs * outputs + (outputs if bias else 0)
 
 
-class Family:
-    """Everything one architecture family knows; subclasses fill in the hooks, one instance per family.
+class Family(ABC):
+    """Everything one architecture family knows; subclasses fill in the abstract hooks, one instance per family.
 
     Class attributes: ``name`` (the spec prefix), ``options`` (the spec flags it accepts),
     ``examples`` (spec forms named in error messages), ``is_conv`` (inputs are images read by
@@ -171,26 +172,26 @@ class Family:
         """Whether an arch name (the part before ``:``) is one of this family's."""
         return name.startswith(self.name)
 
+    @abstractmethod
     def parse(self, parts: SpecParts) -> ArchSpec:
         """The spec from its parts, every width scaled by the multiplier; a malformed spec is an ArchError."""
-        raise NotImplementedError
 
+    @abstractmethod
     def with_stage_depths(self, spec: ArchSpec, depths: list[int], unit_widths: list[list[int]]) -> ArchSpec:
         """The spec with each stage holding ``depths[s]`` units of the given widths (used by balancing)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------- building
+    @abstractmethod
     def size(self, spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> ModelSize:
         """Parameters, units and largest feature map of :meth:`build`, in closed form (nothing is built)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build(self, info: ModelInfo) -> FamilyModel:
         """An untrained model of ``info.spec`` for ``info.input_shape`` and ``info.num_classes``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def view(self, model: FamilyModel) -> ModelView:
         """The fusable-layer view of one of this family's models."""
-        raise NotImplementedError
 
     def input_width(self, input_shape: tuple[int, int, int]) -> int:
         """Neurons of the raw input as the first layer reads them: channels (conv), or every value (flattened)."""
@@ -221,14 +222,14 @@ class Family:
                 module.bias.zero_()
 
     # ------------------------------------------------------------------------------- state_dicts
+    @abstractmethod
     def infer(self, shapes: dict[str, torch.Size]) -> tuple[str, dict[str, str]] | None:
         """The arch spec and the key renames onto our layout of a state_dict in one of this family's
         layouts (None when its keys are in none of them). Widths come from the weight shapes."""
-        raise NotImplementedError
 
+    @abstractmethod
     def first_weight(self, keys: list[str]) -> str | None:
         """The state_dict key of the first layer's weight (None when the keys have none)."""
-        raise NotImplementedError
 
     def guess_input_shape(self, inputs: int) -> tuple[int, int, int] | None:
         """The input shape a first layer of ``inputs`` input neurons implies, where it does (None: unknown)."""
