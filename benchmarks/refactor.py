@@ -124,19 +124,19 @@ def sweep(key: str, points: int, repeats: int) -> dict:
     parents, method, options = [balanced.model_a, balanced.model_b], METHODS["ot"], config.fusion.options
     batch = method.batch(splits, batch, options)
     values = grid(points)
-    weights = {s: inserted_layer_weights(balanced, s, config.fusion.inserted) for s in values}
+    layer_weights = inserted_layer_weights(balanced, config.fusion.inserted)   # the same for every s
 
     def rerun():
-        return [method.fuse(parents, 1, [1 - s, s], batch, options, weights[s]).model for s in values]
+        return [method.fuse(parents, 1, [1 - s, s], batch, options, layer_weights).model for s in values]
 
     def split():
         aligned, _, _ = method.align(parents, 1, batch, options)
-        return [weighted_average(aligned, [1 - s, s], weights[s]) for s in values]
+        return [weighted_average(aligned, [1 - s, s], layer_weights) for s in values]
 
     aligned, _, _ = method.align(parents, 1, batch, options)
     times = round_robin({"rerun_s": rerun, "split_s": split,
                          "align_once_s": lambda: method.align(parents, 1, batch, options),
-                         "average_one_s": lambda: weighted_average(aligned, [0.5, 0.5], weights[0.5])},
+                         "average_one_s": lambda: weighted_average(aligned, [0.5, 0.5], layer_weights)},
                         repeats, warmup=repeats > 1)
     return {"pair": key, "arch_a": str(parents[0].spec), "arch_b": str(parents[1].spec), "s_values": values,
             "inserted_layers": len(balanced.inserted), **times, "speedup": times["rerun_s"] / times["split_s"],

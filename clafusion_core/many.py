@@ -120,7 +120,7 @@ def spread_layer_weights(pairs: Sequence[BalancedPair | None], weights: list[flo
     holders: dict[str, set[int]] = {}
     for index, pair in enumerate(pairs):
         if pair is not None and not pair.swapped:
-            for layer in inserted_layer_weights(pair.balanced, 0.5, rule):
+            for layer in inserted_layer_weights(pair.balanced, rule):
                 holders.setdefault(layer, set()).add(index)
     spread = {}
     for layer, identity in holders.items():

@@ -243,7 +243,7 @@ def align_and_balance(model_a: nn.Module, model_b: nn.Module, batch: FusionBatch
     return BalancedPair(model_a, model_b, swapped, alignment, balanced)
 
 
-def inserted_layer_weights(balanced: Balanced, weight_b: float, rule: str) -> dict[str, list[float]]:
+def inserted_layer_weights(balanced: Balanced, rule: str) -> dict[str, list[float]]:
     """Per-layer ``[w_A, w_B]`` where they differ from ``[1 − s, s]``.
 
     Where balancing inserted an identity into B, averaging A's real layer with it at s = 0.5 gives a
@@ -264,7 +264,7 @@ def fuse_balanced(balanced: Balanced, batch: FusionBatch, splits: DataSplits, co
     parents = placed_on([balanced.model_a, balanced.model_b], device)   # never moves the caller's models
     batch = batch.to(device)
     weights = [1 - config.fusion.weight, config.fusion.weight]
-    layer_weights = inserted_layer_weights(balanced, config.fusion.weight, config.fusion.inserted)
+    layer_weights = inserted_layer_weights(balanced, config.fusion.inserted)
     fused, report = fuse_and_repair(parents, 1, weights, layer_weights, batch, splits, config, device)
     return fused, layer_weights, report
 

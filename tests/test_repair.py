@@ -86,9 +86,9 @@ def test_repair_is_not_applicable_where_batchnorm_is_everywhere(digits):
 def test_inserted_identity_layers_take_the_deeper_models_layer():
     model_a, model_b = random_model("mlp:40-30-20-10", seed=1), random_model("mlp:40-10", seed=2)
     balanced = balance(model_a, model_b, [[0, 3]], "add")
-    layer_weights = inserted_layer_weights(balanced, 0.5, "deeper")
+    layer_weights = inserted_layer_weights(balanced, "deeper")
     assert layer_weights == {"hidden.1": [1.0, 0.0], "hidden.2": [1.0, 0.0]}
-    assert inserted_layer_weights(balanced, 0.5, "average") == {}
+    assert inserted_layer_weights(balanced, "average") == {}
     output = METHODS["ot"].fuse([balanced.model_a, balanced.model_b], 1, [0.5, 0.5], FusionBatch(X),
                                 layer_weights=layer_weights)
     for layer in model_view(balanced.model_b).layers:
@@ -103,7 +103,7 @@ def test_resnet_inserted_blocks_cover_all_their_layers():
     model_a = random_model("resnet:2-1-1-1@8-8-16-16", seed=1)
     model_b = random_model("resnet:1-1-1-1@8-8-16-16", seed=2)
     balanced = balance(model_a, model_b, [[0], [0], [0], [0]], "add")
-    assert set(inserted_layer_weights(balanced, 0.5, "deeper")) == {"layer1.1.conv1", "layer1.1.conv2"}
+    assert set(inserted_layer_weights(balanced, "deeper")) == {"layer1.1.conv1", "layer1.1.conv2"}
 
 
 def test_per_position_ground_activations_compare_channels_on_their_whole_maps():
