@@ -306,7 +306,8 @@ def fuse_and_repair(parents: list[nn.Module], reference: int, weights: list[floa
         report = repair_and_reset(fused, parents, weights, layer_weights, batch, splits, config, device)
         if len(candidates) == 1:
             return fused, report
-        val = evaluate(fused.model, splits.val, device)
+        val = (report["val_with"] if report["kept"] else report["val_without"]) if report["enabled"] \
+            else evaluate(fused.model, splits.val, device)   # repair scored the kept model already
         scores[options.ground_activation] = val
         if best is None or val > best[2]:
             best = (fused, report, val, options.ground_activation)
